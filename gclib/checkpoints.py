@@ -1,0 +1,360 @@
+"""Checkpoints: safetensors weights + a JSON manifest; nothing is ever unpickled.
+
+A checkpoint ``PATH`` is the pair ``PATH.safetensors`` (weights) and ``PATH.json`` (manifest: format,
+model kind, the full config, training facts, metrics, library versions and the sha256 of the weights).
+Files are written to a temporary name and renamed, so a crash never leaves a half-written file under
+the real name.
+
+Training state (for ``--resume``) lives in the run folder: ``state-<step>.safetensors`` (model),
+``state-<step>.optim.safetensors`` (optimizer tensors) and ``last.json``, which names them and is
+written last: renaming ``last.json`` is the commit point, so the previous state stays valid until the
+new one is complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, load_model, save_file, save_model
+
+from .configs import Config
+from .errors import CheckpointError
+
+__all__ = ["save", "load", "load_into", "read_manifest", "sha256", "environment", "atomic_write_text"]
+
+FORMAT = "gclib-checkpoint"
+FORMAT_VERSION = 1
+_PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")  # pickle protocol 2+ / torch.save's zip container
+
+
+def sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _tmp_path(path: Path) -> Path:
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    return Path(name)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    path = Path(path)
+    tmp = _tmp_path(path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _atomic_save_model(model: torch.nn.Module, path: Path, metadata: dict | None = None) -> None:
+    tmp = _tmp_path(path)
+    try:
+        # save_model (not save_file): it makes FrEIA's non-contiguous permutation tensors contiguous.
+        save_model(model, str(tmp), metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _atomic_save_tensors(tensors: dict, path: Path) -> None:
+    tmp = _tmp_path(path)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment() -> dict:
+    """Library versions and the machine, for manifests and benchmark reports."""
+    import FrEIA
+    import numpy
+    import safetensors
+
+    from . import __version__
+
+    return {
+        "gclib": __version__,
+        "torch": torch.__version__,
+        "FrEIA": getattr(FrEIA, "__version__", "0.2"),
+        "numpy": numpy.__version__,
+        "safetensors": safetensors.__version__,
+        "python": platform.python_version(),
+        "git_commit": _git_commit(),
+    }
+
+
+def _kind(model) -> str:
+    from .model import FeedForwardClassifier, GenerativeClassifier
+
+    if isinstance(model, GenerativeClassifier):
+        return "generative"
+    if isinstance(model, FeedForwardClassifier):
+        return "feedforward"
+    raise CheckpointError(f"can only save gclib models, got {type(model).__name__}")
+
+
+def _unwrap(model):
+    return getattr(model, "module", model)  # DistributedDataParallel
+
+
+def save(model, path: str | os.PathLike, **info) -> Path:
+    """Write ``PATH.safetensors`` and ``PATH.json`` for a GC or feed-forward model; returns the JSON path.
+
+    Extra keyword arguments (beta, seed, epochs, metrics, ...) go into the manifest under ``info``.
+    """
+    from .configs import get_config
+
+    model = _unwrap(model)
+    path = Path(path)
+    if path.suffix in (".json", ".safetensors"):
+        path = path.with_suffix("")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    weights = path.with_name(path.name + ".safetensors")
+    _atomic_save_model(model, weights)
+    cfg = model.config
+    try:
+        train_cfg = get_config(cfg.name).train if get_config(cfg.name).model == cfg else None
+    except Exception:
+        train_cfg = None
+    config = Config(cfg, train_cfg) if train_cfg else Config(cfg)
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "kind": _kind(model),
+        "config": config.to_dict(),
+        "weights": weights.name,
+        "sha256": sha256(weights),
+        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+        "environment": environment(),
+        "info": info,
+    }
+    if manifest["kind"] == "feedforward":
+        manifest["feedforward"] = {"arch": model.arch, "stem_stride": model.stem_stride}
+    json_path = path.with_name(path.name + ".json")
+    atomic_write_text(json_path, json.dumps(manifest, indent=2, default=_jsonable))
+    return json_path
+
+
+def _jsonable(value):
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot write {type(value).__name__} to a manifest")
+
+
+def _resolve(path: str | os.PathLike) -> tuple[Path, Path]:
+    """(manifest path, stem) for 'run/final', 'run/final.json', 'run/final.safetensors' or a run folder."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "final"
+    if path.suffix in (".json", ".safetensors"):
+        path = path.with_suffix("")
+    return path.with_name(path.name + ".json"), path
+
+
+def _check_not_pickle(path: Path) -> None:
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head.startswith(_PICKLE_MAGIC):
+        raise CheckpointError(
+            f"{path} is a pickle / torch.save file; gclib never unpickles (it can run arbitrary code). "
+            "Load it yourself with torch.load(..., weights_only=True) if you trust it, then gclib.save() it."
+        )
+
+
+def read_manifest(path: str | os.PathLike) -> dict:
+    """The parsed JSON manifest of checkpoint ``path``, checked for format."""
+    json_path, stem = _resolve(path)
+    if not json_path.is_file():
+        weights = stem.with_name(stem.name + ".safetensors")
+        if weights.is_file():
+            _check_not_pickle(weights)
+        for candidate in (stem, Path(str(stem) + ".pt"), Path(str(stem) + ".pth")):
+            if candidate.is_file():
+                _check_not_pickle(candidate)
+        there = sorted(p.name for p in json_path.parent.glob("*.json")) if json_path.parent.is_dir() else []
+        raise CheckpointError(
+            f"no checkpoint manifest {json_path}"
+            + (f"; manifests in that folder: {', '.join(there)}" if there else "; the folder has none")
+        )
+    try:
+        manifest = json.loads(json_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{json_path} is not valid JSON ({err}); the file is truncated or corrupt") from err
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise CheckpointError(f"{json_path} is not a gclib checkpoint manifest (no \"format\": \"{FORMAT}\")")
+    manifest["_path"] = str(json_path)
+    return manifest
+
+
+def _verified_weights(manifest: dict, verify: bool) -> Path:
+    json_path = Path(manifest["_path"])
+    weights = json_path.with_name(manifest["weights"])
+    if not weights.is_file():
+        raise CheckpointError(f"weights file {weights} named by {json_path} is missing")
+    _check_not_pickle(weights)
+    if verify and manifest.get("sha256") and sha256(weights) != manifest["sha256"]:
+        raise CheckpointError(
+            f"{weights} does not match the sha256 in {json_path}: the file is truncated, corrupt or was "
+            "replaced; restore it or retrain"
+        )
+    return weights
+
+
+def _build(manifest: dict):
+    from .model import FeedForwardClassifier, GenerativeClassifier
+
+    config = Config.from_dict(manifest["config"])
+    if manifest.get("kind") == "feedforward":
+        ff = manifest.get("feedforward", {})
+        return FeedForwardClassifier(config.model, arch=ff.get("arch"), stem_stride=ff.get("stem_stride", 1))
+    return GenerativeClassifier(config.model)
+
+
+def _load_weights(model, weights: Path, device) -> None:
+    try:
+        load_model(model, str(weights), strict=True, device=str(device))
+    except SafetensorError as err:
+        raise CheckpointError(f"{weights} is not a readable safetensors file ({err}); it is truncated or corrupt") from err
+    except RuntimeError as err:  # missing/unexpected keys or shape mismatch
+        raise CheckpointError(
+            f"{weights} does not fit a {type(model).__name__} of config {model.config.name!r}: it was saved from "
+            f"another architecture or config ({str(err).splitlines()[0][:300]})"
+        ) from err
+
+
+def load(path: str | os.PathLike, device: str | torch.device | None = None, verify: bool = True,
+         expect_config: str | None = None):
+    """Load a checkpoint written by ``save`` (or a training run's ``final``); returns the model in eval mode.
+
+    Arguments:
+        path: ``run/final``, ``run/final.json``, ``run/final.safetensors`` or the run folder.
+        device: where to put the model (default: CUDA if available, else CPU).
+        verify: check the weights' sha256 against the manifest first.
+        expect_config: raise CheckpointError if the checkpoint's config has another name.
+    """
+    manifest = read_manifest(path)
+    weights = _verified_weights(manifest, verify)
+    name = manifest.get("config", {}).get("model", {}).get("name")
+    if expect_config is not None and name != expect_config:
+        raise CheckpointError(f"{manifest['_path']} holds a {name!r} model, not {expect_config!r}")
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = _build(manifest)
+    if manifest.get("dtype") == "float64":
+        model = model.double()
+    _load_weights(model, weights, "cpu")
+    model.manifest = {k: v for k, v in manifest.items() if not k.startswith("_")}
+    return model.to(device).eval()
+
+
+def load_into(model, path: str | os.PathLike, verify: bool = True):
+    """Load checkpoint weights into an existing model, refusing a checkpoint of another config."""
+    model = _unwrap(model)
+    manifest = read_manifest(path)
+    weights = _verified_weights(manifest, verify)
+    name = manifest.get("config", {}).get("model", {}).get("name")
+    if name != model.config.name or Config.from_dict(manifest["config"]).model != model.config:
+        raise CheckpointError(
+            f"{manifest['_path']} was saved from config {name!r}, which differs from this model's "
+            f"{model.config.name!r}; build the model with gclib.load(path) instead"
+        )
+    _load_weights(model, weights, next(model.parameters()).device)
+    return model
+
+
+# -- training state --------------------------------------------------------------------------------
+def save_training_state(run_dir: Path, model, optimizer: torch.optim.Optimizer, state: dict, keep: int = 1) -> None:
+    """Write model + optimizer tensors for step ``state['step']``, then commit by renaming last.json."""
+    model = _unwrap(model)
+    run_dir = Path(run_dir)
+    step = int(state["step"])
+    model_path = run_dir / f"state-{step:09d}.safetensors"
+    optim_path = run_dir / f"state-{step:09d}.optim.safetensors"
+    _atomic_save_model(model, model_path)
+    opt = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for index, param_state in opt["state"].items():
+        for key, value in param_state.items():
+            if torch.is_tensor(value):
+                tensors[f"{index}.{key}"] = value
+            else:
+                scalars[f"{index}.{key}"] = value
+    _atomic_save_tensors(tensors, optim_path)
+    record = {
+        "format": "gclib-training-state",
+        "model": model_path.name,
+        "model_sha256": sha256(model_path),
+        "optimizer": optim_path.name,
+        "optimizer_sha256": sha256(optim_path),
+        "param_groups": opt["param_groups"],
+        "optimizer_scalars": scalars,
+        "config": Config(model.config).to_dict()["model"],
+        **state,
+    }
+    previous = read_training_state(run_dir, verify=False) if (run_dir / "last.json").is_file() else None
+    atomic_write_text(run_dir / "last.json", json.dumps(record, indent=2))
+    if previous and keep <= 1 and previous["model"] != record["model"]:
+        for name in (previous["model"], previous["optimizer"]):
+            (run_dir / name).unlink(missing_ok=True)
+
+
+def read_training_state(run_dir: Path, verify: bool = True) -> dict:
+    path = Path(run_dir) / "last.json"
+    if not path.is_file():
+        raise CheckpointError(f"nothing to resume: {path} does not exist (start without --resume)")
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path} is corrupt ({err}); delete the run folder or start a new --out") from err
+    if verify:
+        for key in ("model", "optimizer"):
+            file = Path(run_dir) / record[key]
+            if not file.is_file() or sha256(file) != record[f"{key}_sha256"]:
+                raise CheckpointError(f"{file} is missing or does not match {path}; the training state is damaged")
+    return record
+
+
+def load_training_state(run_dir: Path, model, optimizer: torch.optim.Optimizer) -> dict:
+    """Restore model and optimizer from ``run_dir/last.json``; returns the record (step, epoch, ...)."""
+    model = _unwrap(model)
+    run_dir = Path(run_dir)
+    record = read_training_state(run_dir)
+    if Config.from_dict({"model": record["config"]}).model != model.config:
+        raise CheckpointError(f"{run_dir} was trained with config {record['config'].get('name')!r} of other "
+                              "settings than this model; resume with the same config or use a new --out")
+    _load_weights(model, run_dir / record["model"], next(model.parameters()).device)
+    tensors = load_file(str(run_dir / record["optimizer"]), device=str(next(model.parameters()).device))
+    state: dict = {}
+    for key, value in list(tensors.items()) + list(record["optimizer_scalars"].items()):
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    # Adam keeps its step counters on the CPU; the tensors above were put on the model's device.
+    for param_state in state.values():
+        if "step" in param_state and torch.is_tensor(param_state["step"]):
+            param_state["step"] = param_state["step"].cpu()
+    optimizer.load_state_dict({"state": state, "param_groups": record["param_groups"]})
+    return record

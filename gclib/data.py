@@ -1,0 +1,265 @@
+"""Datasets: Fashion-MNIST (offline by default), CIFAR-10 and ImageNet folders, and dequantization.
+
+``load(name)`` returns ``(train, val, test)``; images are float tensors in [0, 1], labels int64. The
+validation split is a fixed, seeded part of the training set. Dequantization (uniform noise, for the
+density) belongs to training and evaluation, not to the loader: see ``dequantize``.
+
+Where Fashion-MNIST is looked for, in order: ``root``; the environment variable ``GCLIB_DATA``; the
+Debian package ``dataset-fashion-mnist`` (/usr/share/datasets/fashion-mnist); torchvision's download
+into the cache folder (only where the machine has internet).
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import struct
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset, Subset
+
+from .errors import DataError
+
+__all__ = [
+    "ImageDataset",
+    "load",
+    "dataset_names",
+    "dequantize",
+    "cache_dir",
+    "FASHION_MNIST_CLASSES",
+    "DEBIAN_FASHION_MNIST",
+]
+
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+_FM_FILES = {
+    "train-images-idx3-ubyte": (60000, 28, 28),
+    "train-labels-idx1-ubyte": (60000,),
+    "t10k-images-idx3-ubyte": (10000, 28, 28),
+    "t10k-labels-idx1-ubyte": (10000,),
+}
+
+
+class ImageDataset(Dataset):
+    """Images held in memory as uint8 [N, C, H, W] with int64 labels; items are float in [0, 1].
+
+    ``__getitems__`` returns a whole batch at once (DataLoader uses it), which is much faster than
+    collating thousands of single items on a 2-core machine.
+    """
+
+    def __init__(self, images: Tensor, labels: Tensor, classes: tuple[str, ...] = ()):
+        if images.dtype != torch.uint8 or images.dim() != 4:
+            raise DataError(f"ImageDataset wants uint8 images [N, C, H, W], got {images.dtype} {tuple(images.shape)}")
+        if len(images) != len(labels):
+            raise DataError(f"{len(images)} images but {len(labels)} labels")
+        self.images, self.labels = images, labels.long()
+        self.classes = classes
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i):
+        if isinstance(i, (slice, list, Tensor)):  # a batch: dataset[:64]
+            return self.images[i].float() / 255, self.labels[i]
+        return self.images[i].float() / 255, int(self.labels[i])
+
+    def __getitems__(self, indices):
+        index = torch.as_tensor(indices)
+        return self.images[index].float() / 255, self.labels[index]
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.images.shape[1:])
+
+    def subset(self, n: int, seed: int = 0) -> "ImageDataset":
+        """A fixed random subset of ``n`` items (class balance not enforced)."""
+        index = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n]
+        return ImageDataset(self.images[index], self.labels[index], self.classes)
+
+    def tensors(self) -> tuple[Tensor, Tensor]:
+        """All images as float [N, C, H, W] in [0, 1] and labels [N]."""
+        return self.images.float() / 255, self.labels
+
+
+def dequantize(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Uniform dequantization of 8-bit images given in [0, 1]: ``(round(255 x) + u) / 256``, u ~ U[0, 1).
+
+    The result is a continuous sample whose density on [0, 1] relates to the probability of the 8-bit
+    image; ``bits_per_dim`` of it is the usual 8-bit figure.
+    """
+    noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    return (torch.round(x * 255) + noise) / 256
+
+
+def cache_dir() -> Path:
+    """Where gclib keeps decompressed or downloaded data: $GCLIB_CACHE, else ~/.cache/gclib."""
+    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gclib"
+    return Path(os.environ.get("GCLIB_CACHE", default))
+
+
+def dataset_names() -> list[str]:
+    return ["fashion-mnist", "cifar10", "imagenet"]
+
+
+def _fixed_split(n: int, val_size: int, seed: int = 0) -> tuple[Tensor, Tensor]:
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return perm[val_size:], perm[:val_size]
+
+
+def _fm_candidates(root) -> list[Path]:
+    dirs = []
+    for base in [root, os.environ.get("GCLIB_DATA"), DEBIAN_FASHION_MNIST]:
+        if base:
+            base = Path(base)
+            dirs += [base, base / "fashion-mnist", base / "FashionMNIST" / "raw"]
+    return dirs
+
+
+def _read_idx(path: Path, shape: tuple[int, ...]) -> Tensor:
+    """Read an IDX file (gzipped or not), checking its header and length against ``shape``."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as err:  # gzip raises EOFError on a truncated file
+        raise DataError(f"cannot read {path}: {err}; the file is truncated or corrupt, reinstall or re-download it "
+                        f"(e.g. apt-get install --reinstall dataset-fashion-mnist)") from err
+    ndim = len(shape)
+    header = 4 + 4 * ndim
+    if len(data) < header or struct.unpack(">HBB", data[:4])[2] != ndim:
+        raise DataError(f"{path} is not an IDX file with {ndim} dimension(s)")
+    dims = struct.unpack(">" + "I" * ndim, data[4:header])
+    expected = header + int(torch.tensor(dims).prod())
+    if tuple(dims) != shape or len(data) != expected:
+        raise DataError(
+            f"{path} is truncated or corrupt: header says {dims}, expected {shape}, "
+            f"{len(data)} bytes where {expected} are needed; reinstall or re-download it"
+        )
+    return torch.frombuffer(bytearray(data[header:]), dtype=torch.uint8).reshape(shape)
+
+
+def _find_fashion_mnist(root) -> dict[str, Path] | None:
+    for d in _fm_candidates(root):
+        found = {}
+        for name in _FM_FILES:
+            for candidate in (d / name, d / (name + ".gz")):
+                if candidate.is_file():
+                    found[name] = candidate
+                    break
+        if len(found) == len(_FM_FILES):
+            return found
+    return None
+
+
+def _download_fashion_mnist() -> dict[str, Path] | None:
+    import torchvision
+
+    target = cache_dir()
+    try:
+        torchvision.datasets.FashionMNIST(str(target), train=True, download=True)
+        torchvision.datasets.FashionMNIST(str(target), train=False, download=True)
+    except Exception:  # no internet, blocked host, ...: the caller raises the one clear error
+        shutil.rmtree(target / "FashionMNIST", ignore_errors=True)
+        return None
+    return _find_fashion_mnist(target)
+
+
+def _load_fashion_mnist(root, val_size: int, download: bool):
+    files = _find_fashion_mnist(root)
+    if files is None and download:
+        files = _download_fashion_mnist()
+    if files is None:
+        looked = ", ".join(str(d) for d in _fm_candidates(root)[::3])
+        raise DataError(
+            "Fashion-MNIST not found (looked in: " + looked + "). Get it one of three ways: "
+            "(1) apt-get install dataset-fashion-mnist (Debian/Ubuntu, offline); "
+            "(2) put the four IDX files (train-images-idx3-ubyte[.gz], ...) in a folder and pass "
+            "root=FOLDER or set GCLIB_DATA=FOLDER; "
+            "(3) on a machine with internet, load(..., download=True) uses torchvision's download."
+        )
+    arrays = {name: _read_idx(path, _FM_FILES[name]) for name, path in files.items()}
+    train_x = arrays["train-images-idx3-ubyte"][:, None]
+    train_y = arrays["train-labels-idx1-ubyte"]
+    test = ImageDataset(arrays["t10k-images-idx3-ubyte"][:, None], arrays["t10k-labels-idx1-ubyte"],
+                        FASHION_MNIST_CLASSES)
+    train_idx, val_idx = _fixed_split(len(train_x), val_size)
+    train = ImageDataset(train_x[train_idx], train_y[train_idx], FASHION_MNIST_CLASSES)
+    val = ImageDataset(train_x[val_idx], train_y[val_idx], FASHION_MNIST_CLASSES)
+    return train, val, test
+
+
+def _load_cifar10(root, val_size: int, download: bool):
+    import torchvision
+
+    root = root or os.environ.get("GCLIB_DATA") or cache_dir()
+    try:
+        sets = [torchvision.datasets.CIFAR10(str(root), train=t, download=download) for t in (True, False)]
+    except RuntimeError as err:
+        raise DataError(
+            f"CIFAR-10 not found under {root} ({err}). Put torchvision's 'cifar-10-batches-py' folder there "
+            "(root=FOLDER or GCLIB_DATA=FOLDER), or pass download=True on a machine with internet."
+        ) from err
+
+    def to_dataset(ds):
+        images = torch.as_tensor(ds.data).permute(0, 3, 1, 2).contiguous()
+        return ImageDataset(images, torch.as_tensor(ds.targets), CIFAR10_CLASSES)
+
+    full, test = (to_dataset(s) for s in sets)
+    train_idx, val_idx = _fixed_split(len(full), val_size)
+    return (ImageDataset(full.images[train_idx], full.labels[train_idx], CIFAR10_CLASSES),
+            ImageDataset(full.images[val_idx], full.labels[val_idx], CIFAR10_CLASSES), test)
+
+
+def _load_imagenet(root, val_size: int, image_size: int = 224):
+    """ImageNet in the ImageFolder layout: ROOT/train/<wnid>/*.JPEG and ROOT/val/<wnid>/*.JPEG."""
+    import torchvision.transforms.v2 as T
+    from torchvision.datasets import ImageFolder
+
+    root = Path(root or os.environ.get("GCLIB_DATA") or "")
+    if not (root / "train").is_dir() or not (root / "val").is_dir():
+        raise DataError(
+            f"ImageNet folder not found at {root!s}: pass root=FOLDER (or GCLIB_DATA=FOLDER) containing "
+            "train/<class>/*.JPEG and val/<class>/*.JPEG (torchvision ImageFolder layout)"
+        )
+    to_tensor = [T.ToImage(), T.ToDtype(torch.float32, scale=True)]
+    train_tf = T.Compose([T.RandomResizedCrop(image_size), T.RandomHorizontalFlip(), *to_tensor])
+    eval_tf = T.Compose([T.Resize(image_size * 8 // 7), T.CenterCrop(image_size), *to_tensor])
+    train_full = ImageFolder(str(root / "train"), transform=train_tf)
+    train_eval = ImageFolder(str(root / "train"), transform=eval_tf)
+    test = ImageFolder(str(root / "val"), transform=eval_tf)
+    val_size = min(val_size, len(train_full) // 10)
+    train_idx, val_idx = _fixed_split(len(train_full), val_size)
+    return Subset(train_full, train_idx.tolist()), Subset(train_eval, val_idx.tolist()), test
+
+
+def load(name: str = "fashion-mnist", root: str | os.PathLike | None = None, val_size: int | None = None,
+         download: bool = False):
+    """Load a dataset as ``(train, val, test)``.
+
+    Arguments:
+        name: ``"fashion-mnist"`` (default, offline), ``"cifar10"`` or ``"imagenet"`` (a folder).
+        root: a folder to look in first (else $GCLIB_DATA, then the defaults of each dataset).
+        val_size: images held out from the training set for validation (fixed split, seed 0);
+            default 5000 (10000 for ImageNet).
+        download: allow torchvision to download Fashion-MNIST / CIFAR-10 (needs internet).
+
+    Returns:
+        Three datasets whose items are ``(image [C, H, W] float in [0, 1], label int)``.
+
+    >>> train, val, test = load("fashion-mnist")
+    >>> len(train), len(val), len(test)
+    (55000, 5000, 10000)
+    """
+    if name in ("fashion-mnist", "fashion_mnist", "fashionmnist"):
+        return _load_fashion_mnist(root, 5000 if val_size is None else val_size, download)
+    if name == "cifar10":
+        return _load_cifar10(root, 5000 if val_size is None else val_size, download)
+    if name == "imagenet":
+        return _load_imagenet(root, 10000 if val_size is None else val_size)
+    raise DataError(f"unknown dataset {name!r}; known: {', '.join(dataset_names())}")

@@ -1,0 +1,145 @@
+"""Invertible building blocks that FrEIA does not ship, and the coupling subnetworks.
+
+Every module here keeps FrEIA's contract: ``forward(x_tuple, rev=False, jac=True)`` returns
+``(output_tuple, log|det J|)`` per sample, and ``rev=True`` returns the inverse and minus the log-det.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from FrEIA.modules import InvertibleModule
+from torch import nn
+
+__all__ = ["Normalize", "DCTPooling", "dct_matrix", "ResNetSubnet", "BottleneckSubnet"]
+
+
+class Normalize(InvertibleModule):
+    """Fixed per-channel affine map ``(x - mean) / std``; log|det J| = -H*W*sum(log std)."""
+
+    def __init__(self, dims_in, dims_c=None, mean=(0.5,), std=(0.5,)):
+        super().__init__(dims_in, dims_c or [])
+        channels, *spatial = dims_in[0]
+        if len(mean) != channels or len(std) != channels:
+            raise ValueError(f"Normalize needs {channels} means and stds, got {mean} and {std}")
+        shape = (1, channels) + (1,) * len(spatial)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(shape), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(shape), persistent=False)
+        self._pixels = math.prod(spatial)
+
+    def forward(self, x, c=None, rev=False, jac=True):
+        x = x[0]
+        log_det = -self._pixels * torch.log(self.std).sum()
+        log_det = log_det.expand(x.shape[0])
+        if rev:
+            return (x * self.std + self.mean,), -log_det
+        return ((x - self.mean) / self.std,), log_det
+
+    def output_dims(self, input_dims):
+        return input_dims
+
+
+def dct_matrix(n: int, dtype=torch.float64) -> torch.Tensor:
+    """Orthonormal DCT-II matrix ``D`` with ``D @ D.T = I``; row k is frequency k (row 0 = DC)."""
+    k = torch.arange(n, dtype=dtype)[:, None]
+    i = torch.arange(n, dtype=dtype)[None, :]
+    d = torch.cos(math.pi * (2 * i + 1) * k / (2 * n)) * math.sqrt(2.0 / n)
+    d[0] /= math.sqrt(2.0)
+    return d
+
+
+class DCTPooling(InvertibleModule):
+    """Orthogonal 2-D DCT-II of every channel, flattened with the DC terms first.
+
+    Input ``[B, C, H, W]``, output ``[B, C*H*W]`` ordered by frequency: first the DC term of every
+    channel, then the coefficients with ``u + v = 1`` of every channel, and so on (frequency-major,
+    channel-minor). The transform is orthogonal and the reordering a permutation, so log|det J| = 0.
+    This replaces the paper's ``torch.rfft`` implementation (gone from PyTorch, CUDA-only there) by a
+    fixed ``HW x HW`` matrix: at the grid sizes it is used on (7x7, 4x4) a matmul is cheaper than FFT.
+    """
+
+    def __init__(self, dims_in, dims_c=None):
+        super().__init__(dims_in, dims_c or [])
+        channels, height, width = dims_in[0]
+        self.shape = (channels, height, width)
+        # Frequencies (u, v) sorted by u + v, then u: low frequencies first.
+        order = sorted(((u, v) for u in range(height) for v in range(width)), key=lambda t: (t[0] + t[1], t[0]))
+        index = torch.tensor([u * width + v for u, v in order])
+        # Kept in float64 outside the state dict (it is fixed by the shape) and cast on use, so that a
+        # float64 model gets an exactly orthogonal basis, not a rounded float32 one.
+        self._basis64 = torch.kron(dct_matrix(height), dct_matrix(width))[index]  # [HW, HW], orthogonal
+        self._cache: dict = {}
+
+    def _basis(self, like: torch.Tensor) -> torch.Tensor:
+        key = (like.device, like.dtype)
+        if key not in self._cache:
+            self._cache[key] = self._basis64.to(device=like.device, dtype=like.dtype)
+        return self._cache[key]
+
+    def forward(self, x, c=None, rev=False, jac=True):
+        x = x[0]
+        channels, height, width = self.shape
+        batch = x.shape[0]
+        zero = x.new_zeros(batch)
+        if not rev:
+            coeffs = x.reshape(batch, channels, height * width) @ self._basis(x).T  # [B, C, HW]
+            return (coeffs.transpose(1, 2).reshape(batch, -1),), zero
+        coeffs = x.reshape(batch, height * width, channels).transpose(1, 2)  # [B, C, HW]
+        return ((coeffs @ self._basis(x)).reshape(batch, channels, height, width),), zero
+
+    def output_dims(self, input_dims):
+        return [(math.prod(input_dims[0]),)]
+
+
+def _zero_init(layer: nn.Conv2d) -> nn.Conv2d:
+    # FrEIA's advice: the last layer of each subnet starts at zero, so every block starts as the identity.
+    nn.init.zeros_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+class _Residual(nn.Module):
+    def __init__(self, *layers: nn.Module):
+        super().__init__()
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return x + self.body(x)
+
+
+class ResNetSubnet(nn.Module):
+    """Coupling subnetwork: 3x3 conv in, ``depth`` residual blocks (two 3x3 convs), 3x3 conv out (zero-init)."""
+
+    def __init__(self, channels_in: int, channels_out: int, width: int, depth: int = 1):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(channels_in, width, 3, padding=1)]
+        for _ in range(depth):
+            layers.append(
+                _Residual(
+                    nn.ReLU(),
+                    nn.Conv2d(width, width, 3, padding=1),
+                    nn.ReLU(),
+                    nn.Conv2d(width, width, 3, padding=1),
+                )
+            )
+        layers += [nn.ReLU(), _zero_init(nn.Conv2d(width, channels_out, 3, padding=1))]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class BottleneckSubnet(nn.Module):
+    """Coupling subnetwork in the shape of a ResNet-50 bottleneck: 1x1 in, ``depth`` x 3x3 residual, 1x1 out."""
+
+    def __init__(self, channels_in: int, channels_out: int, width: int, depth: int = 1):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(channels_in, width, 1)]
+        for _ in range(depth):
+            layers.append(_Residual(nn.ReLU(), nn.Conv2d(width, width, 3, padding=1)))
+        layers += [nn.ReLU(), _zero_init(nn.Conv2d(width, channels_out, 1))]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.net(x)

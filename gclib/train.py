@@ -1,0 +1,501 @@
+"""The information-bottleneck loss and one plain training loop (also a CLI: ``python -m gclib.train``).
+
+    L = L_X / (1 + beta) + beta * L_Y / (1 + beta)
+
+with L_X = -log p(x) per dimension (nats, on dequantized inputs) and L_Y the cross-entropy of the class
+posterior. beta = 0 trains a pure generative model, beta = inf pure cross-entropy (the feed-forward
+equivalent of the same network). The loop reads top to bottom: data order and dequantization noise
+are functions of (seed, epoch, step), so a seeded run on the CPU is deterministic and a run killed and
+resumed from its last checkpoint ends with bit-identical weights.
+
+Multi-GPU (or multi-process CPU) training uses PyTorch's DistributedDataParallel:
+
+    torchrun --nproc_per_node=4 -m gclib.train --config imagenet --data-root /data/imagenet --beta 8 --out runs/in-b8
+
+Each process takes ``--batch-size`` images a step (the effective batch is N times larger); only rank 0
+logs, evaluates and writes checkpoints, which load on a single process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import default_collate
+from tqdm.auto import tqdm
+
+from . import checkpoints
+from .configs import get_config
+from .data import dequantize
+from .errors import ConfigError, TrainingError
+from .model import FeedForwardClassifier, GenerativeClassifier, nats_to_bits_per_dim
+
+__all__ = ["parse_beta", "ib_loss", "learning_rate", "fit", "evaluate", "main"]
+
+
+def parse_beta(beta) -> float:
+    """beta as a float in [0, inf]; accepts numbers and strings such as "8" or "inf"."""
+    try:
+        value = float(beta)
+    except (TypeError, ValueError):
+        raise ConfigError(f"beta must be a number >= 0 or 'inf', got {beta!r}") from None
+    if math.isnan(value) or value < 0:
+        raise ConfigError(f"beta must be a number >= 0 or 'inf', got {beta!r}")
+    return value
+
+
+def beta_label(beta: float) -> str:
+    return "inf" if math.isinf(beta) else f"{beta:g}"
+
+
+def ib_loss(class_log_likelihoods: Tensor, log_prior: Tensor, labels: Tensor, beta: float, n_dims: int):
+    """The IB-INN loss. Returns ``(loss, L_X, L_Y)``; L_X in nats per dim, L_Y in nats.
+
+    Arguments:
+        class_log_likelihoods: log p(x|y), [B, C], nats.
+        log_prior: log p(y), [C].
+        labels: [B] int64.
+        beta: in [0, inf]; 0 gives L_X alone, inf gives L_Y alone.
+        n_dims: dimensions of x (to make L_X per dimension).
+    """
+    log_joint = class_log_likelihoods + log_prior
+    l_x = -torch.logsumexp(log_joint, dim=1).mean() / n_dims
+    l_y = F.cross_entropy(log_joint, labels)  # cross_entropy applies the log-softmax: the posterior
+    if math.isinf(beta):
+        loss = l_y
+    elif beta == 0:
+        loss = l_x
+    else:
+        loss = (l_x + beta * l_y) / (1 + beta)
+    return loss, l_x, l_y
+
+
+def learning_rate(step: int, total_steps: int, base_lr: float, schedule: str = "onecycle",
+                  warmup_fraction: float = 0.05, burn_in_steps: int = 0) -> float:
+    """Learning rate at ``step`` (0-based): a pure function, so resuming needs only the step.
+
+    ``onecycle``: linear warm-up over ``warmup_fraction`` of the run, then cosine decay to 0;
+    ``cosine``: cosine decay from the start; ``constant``. During the first ``burn_in_steps`` the rate
+    is divided by 10 (lets a deep flow settle before the full rate).
+    """
+    progress = min(step / max(total_steps, 1), 1.0)
+    if schedule == "constant":
+        lr = base_lr
+    elif schedule == "cosine":
+        lr = base_lr * 0.5 * (1 + math.cos(math.pi * progress))
+    elif schedule == "onecycle":
+        if progress < warmup_fraction:
+            lr = base_lr * (progress / warmup_fraction)
+        else:
+            rest = (progress - warmup_fraction) / max(1 - warmup_fraction, 1e-12)
+            lr = base_lr * 0.5 * (1 + math.cos(math.pi * rest))
+        lr = max(lr, base_lr * 1e-3) if step < total_steps else lr
+    else:
+        raise ConfigError(f"unknown schedule {schedule!r}; use onecycle, cosine or constant")
+    return lr / 10 if step < burn_in_steps else lr
+
+
+class _Objective(nn.Module):
+    """Model + loss in one module, so DistributedDataParallel sees one forward per step."""
+
+    def __init__(self, model: nn.Module, beta: float):
+        super().__init__()
+        self.model, self.beta = model, beta
+        self.generative = isinstance(model, GenerativeClassifier)
+
+    def forward(self, x: Tensor, y: Tensor):
+        if self.generative:
+            cll, _ = self.model._class_log_likelihoods(x)
+            loss, l_x, l_y = ib_loss(cll, self.model.head.log_prior, y, self.beta, self.model.n_dims)
+            logits = cll
+        else:
+            logits = self.model._logits(x)
+            loss = l_y = F.cross_entropy(logits, y)
+            l_x = torch.zeros((), device=x.device)
+        correct = (logits.argmax(1) == y).sum()
+        return loss, l_x.detach(), l_y.detach(), correct
+
+
+def _collate(batch):
+    # ImageDataset.__getitems__ already returns a stacked (images, labels) pair.
+    if isinstance(batch, tuple) and len(batch) == 2 and torch.is_tensor(batch[0]):
+        return batch
+    return default_collate(batch)
+
+
+def _loader(dataset: Dataset, indices: list[int] | None, batch_size: int, device: torch.device, num_workers: int,
+            drop_last: bool) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=indices,
+        shuffle=False,
+        drop_last=drop_last,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+        collate_fn=_collate,
+    )
+
+
+def _epoch_order(n: int, seed: int, epoch: int) -> Tensor:
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+
+
+def _step_generator(device: torch.device, seed: int, step: int) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed((seed * 7_919 + 1) * 1_000_003 + step)
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, dataset: Dataset, batch_size: int = 500, device=None, seed: int = 0,
+             progress: bool = False, num_workers: int = 0) -> dict:
+    """Accuracy, label NLL and (for a GC) bits/dim of ``model`` on ``dataset``.
+
+    Predictions use the images as given (like ``model.predict``); bits/dim uses them dequantized with
+    uniform noise from a generator seeded with ``seed``, so the figure is reproducible.
+
+    Returns:
+        dict with ``n``, ``correct``, ``accuracy``, ``nll`` (nats) and, for a GC, ``bits_per_dim``.
+    """
+    model = getattr(model, "module", model)
+    device = torch.device(device) if device else next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    generative = isinstance(model, GenerativeClassifier)
+    generator = torch.Generator().manual_seed(seed)
+    n, correct, nll, bpd_sum = 0, 0, 0.0, 0.0
+    loader = _loader(dataset, None, batch_size, device, num_workers, drop_last=False)
+    for x, y in tqdm(loader, desc="evaluate", disable=not progress, leave=False):
+        noise_input = dequantize(x, generator) if generative else None
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if generative:
+            cll, _ = model._class_log_likelihoods(x.to(model.head.mu_fc.dtype))
+            log_joint = cll + model.head.log_prior
+            cll_deq, _ = model._class_log_likelihoods(noise_input.to(device, model.head.mu_fc.dtype))
+            log_px = torch.logsumexp(cll_deq + model.head.log_prior, dim=1)
+            bpd_sum += float(nats_to_bits_per_dim(log_px, model.n_dims).double().sum())
+        else:
+            log_joint = model._logits(x)
+        nll += float(F.cross_entropy(log_joint.double(), y, reduction="sum"))
+        correct += int((log_joint.argmax(1) == y).sum())
+        n += len(y)
+    model.train(was_training)
+    result = {"n": n, "correct": correct, "accuracy": correct / max(n, 1), "nll": nll / max(n, 1)}
+    if generative:
+        result["bits_per_dim"] = bpd_sum / max(n, 1)
+    return result
+
+
+def _setup_distributed(device: torch.device) -> tuple[int, int, torch.device, bool]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, device, False
+    created = False
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        created = True
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    return dist.get_rank(), dist.get_world_size(), device, created
+
+
+def _write_log(out: Path, row: dict) -> None:
+    path = out / "log.csv"
+    new = not path.exists()
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def _read_log(out: Path) -> list[dict]:
+    path = out / "log.csv"
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def _number(text: str):
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            return float(text)
+        except ValueError:
+            return text
+
+
+def fit(model: nn.Module, train: Dataset, val: Dataset | None = None, *, beta=8.0, epochs: int | None = None,
+        out: str | os.PathLike | None = None, batch_size: int | None = None, lr: float | None = None,
+        optimizer: str | None = None, weight_decay: float | None = None, schedule: str | None = None,
+        warmup_fraction: float | None = None, grad_clip: float | None = None, burn_in_steps: int | None = None,
+        seed: int = 0, device=None, resume: bool = False, checkpoint_every: int | None = None,
+        num_workers: int = 0, amp: bool = False, progress: bool = True, log_every: int = 20,
+        max_bad_steps: int = 20, max_steps: int | None = None, callback=None, test: Dataset | None = None,
+        dataset_name: str | None = None) -> list[dict]:
+    """Train a GC with the IB loss (or a feed-forward model with cross-entropy); returns the epoch log.
+
+    Arguments (unset ones come from the model's config, ``gclib.configs``):
+        model: a ``GenerativeClassifier`` or ``FeedForwardClassifier``.
+        train, val: datasets of (image in [0, 1], label); ``val`` is evaluated after every epoch.
+        beta: IB trade-off in [0, inf] (ignored for a feed-forward model).
+        out: run folder for ``log.csv``, the training state (``last.json``) and ``final.{safetensors,json}``.
+        resume: continue from ``out/last.json``; a fresh start if there is none.
+        checkpoint_every: also save the training state every N steps (always at each epoch end).
+        amp: bf16 autocast on CUDA (the GMM head and log-dets stay float32).
+        max_bad_steps: consecutive non-finite steps (skipped, weights untouched) before giving up.
+        max_steps: stop after this many steps in total (for smoke runs).
+        callback: ``callback(step, loss)`` after every optimizer step (tests use it to simulate a crash).
+        test: if given, evaluated at the end and recorded in the final manifest.
+
+    Raises:
+        TrainingError: the loss stayed non-finite, or ``out`` holds another run and ``resume`` is off.
+    """
+    beta = parse_beta(beta)
+    defaults = get_config(model.config.name).train if model.config.name in _config_names() else None
+    pick = lambda value, field, fallback: value if value is not None else getattr(defaults, field, fallback)  # noqa: E731
+    epochs = pick(epochs, "epochs", 10)
+    batch_size = pick(batch_size, "batch_size", 128)
+    base_lr = pick(lr, "lr", 1e-3)
+    optimizer_name = pick(optimizer, "optimizer", "adam")
+    weight_decay = pick(weight_decay, "weight_decay", 0.0)
+    schedule = pick(schedule, "schedule", "onecycle")
+    warmup_fraction = pick(warmup_fraction, "warmup_fraction", 0.05)
+    grad_clip = pick(grad_clip, "grad_clip", 10.0)
+    burn_in_steps = pick(burn_in_steps, "burn_in_steps", 0)
+    if epochs < 1 or batch_size < 1 or not base_lr > 0:
+        raise ConfigError(f"epochs, batch_size and lr must be positive, got {epochs}, {batch_size}, {base_lr}")
+
+    device = torch.device(device) if device else default_device()
+    rank, world, device, created_group = _setup_distributed(device)
+    model.to(device).train()
+    objective: nn.Module = _Objective(model, beta)
+    if world > 1:
+        objective = nn.parallel.DistributedDataParallel(objective, device_ids=[device] if device.type == "cuda" else None)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if optimizer_name == "adam":
+        opt = torch.optim.Adam(params, lr=base_lr, weight_decay=weight_decay)
+    elif optimizer_name == "sgd":
+        opt = torch.optim.SGD(params, lr=base_lr, momentum=0.9, weight_decay=weight_decay, nesterov=True)
+    else:
+        raise ConfigError(f"unknown optimizer {optimizer_name!r}; use adam or sgd")
+
+    n_per_rank = len(train) // world
+    steps_per_epoch = n_per_rank // batch_size
+    if steps_per_epoch == 0:
+        raise ConfigError(f"the training set ({len(train)} images over {world} process(es)) is smaller than "
+                          f"one batch ({batch_size}); lower batch_size")
+    total_steps = epochs * steps_per_epoch
+    out = Path(out) if out else None
+    step, start_epoch, start_batch, elapsed, history = 0, 0, 0, 0.0, []
+    if out:
+        if rank == 0:
+            out.mkdir(parents=True, exist_ok=True)
+        if (out / "last.json").exists():
+            if not resume:
+                raise TrainingError(f"{out} already holds a training run; resume it (resume=True / --resume) "
+                                    "or choose another out folder")
+            record = checkpoints.load_training_state(out, model, opt)
+            step, start_epoch, start_batch = record["step"], record["epoch"], record["batch_in_epoch"]
+            elapsed = record.get("elapsed_s", 0.0)
+            history = [row for row in _read_log(out) if row["epoch"] <= start_epoch]
+            if rank == 0:
+                print(f"resuming {out} at epoch {start_epoch + 1}, step {step}", file=sys.stderr)
+    generative = isinstance(model, GenerativeClassifier)
+    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda")
+
+    def save_state(epoch: int, batch_in_epoch: int) -> None:
+        if out and rank == 0:
+            checkpoints.save_training_state(out, model, opt, {
+                "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "beta": beta_label(beta),
+                "seed": seed, "elapsed_s": elapsed + time.perf_counter() - t_start})
+
+    bad_steps = 0
+    for epoch in range(start_epoch, epochs):
+        skip = start_batch if epoch == start_epoch else 0
+        order = _epoch_order(len(train), seed, epoch)[rank::world][: steps_per_epoch * batch_size]
+        loader = _loader(train, order[skip * batch_size :].tolist(), batch_size, device, num_workers, drop_last=True)
+        sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, l_x, l_y, correct (no per-step sync)
+        seen = 0
+        t_start = time.perf_counter()
+        bar = tqdm(total=steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{epochs}", unit="step",
+                   disable=not progress or rank != 0, dynamic_ncols=True, mininterval=1.0)
+        for batch_in_epoch, (x, y) in enumerate(loader, start=skip):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if generative:
+                x = dequantize(x, _step_generator(device, seed, step)).to(model.head.mu_fc.dtype)
+            current_lr = learning_rate(step, total_steps, base_lr, schedule, warmup_fraction, burn_in_steps)
+            for group in opt.param_groups:
+                group["lr"] = current_lr
+            with autocast:
+                loss, l_x, l_y, correct = objective(x, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+            # A non-finite loss or gradient must not touch the weights: skip the step. Gradients are
+            # all-reduced first, so every process takes the same decision.
+            if torch.isfinite(grad_norm):
+                opt.step()
+                bad_steps = 0
+                sums += torch.stack([loss.detach() * len(y), l_x * len(y), l_y * len(y), correct]).double()
+                seen += len(y)
+            else:
+                opt.zero_grad(set_to_none=True)
+                bad_steps += 1
+                if rank == 0:
+                    tqdm.write(f"step {step}: non-finite loss or gradient ({float(loss.detach()):.4g}); step skipped")
+                if bad_steps > max_bad_steps:
+                    raise TrainingError(
+                        f"the loss was non-finite for {bad_steps} steps in a row (last at step {step}, epoch "
+                        f"{epoch + 1}); training stopped, the last good checkpoint in {out} is intact. Try a lower "
+                        "lr, a smaller affine clamp, more burn_in_steps or a stronger grad_clip"
+                    )
+            step += 1
+            bar.update(1)
+            if step % log_every == 0 and seen:
+                s = (sums / seen).tolist()
+                bar.set_postfix(loss=f"{s[0]:.3f}", acc=f"{sums[3].item() / seen:.3f}", lr=f"{current_lr:.2g}")
+            if callback is not None:
+                callback(step, loss.detach())
+            if checkpoint_every and step % checkpoint_every == 0:
+                save_state(epoch, batch_in_epoch + 1)
+            if max_steps and step >= max_steps:
+                break
+        bar.close()
+        epoch_time = time.perf_counter() - t_start
+        finished_epoch = not (max_steps and step >= max_steps and batch_in_epoch + 1 < steps_per_epoch)
+        if rank == 0:
+            s = (sums / max(seen, 1)).tolist()
+            row = {"epoch": epoch + 1, "step": step, "lr": current_lr, "train_loss": s[0], "train_l_x": s[1],
+                   "train_l_y": s[2], "train_accuracy": s[3], "epoch_time_s": epoch_time,
+                   "train_images_per_s": seen * world / max(epoch_time, 1e-9)}
+            if val is not None:
+                metrics = evaluate(model, val, device=device)
+                row.update({"val_accuracy": metrics["accuracy"], "val_nll": metrics["nll"]})
+                if generative:
+                    row["val_bits_per_dim"] = metrics["bits_per_dim"]
+            history.append(row)
+            if out:
+                _write_log(out, row)
+            if progress:
+                shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}
+                tqdm.write(json.dumps(shown))
+        elapsed += epoch_time
+        t_start = time.perf_counter()
+        if finished_epoch:
+            save_state(epoch + 1, 0)
+        if world > 1:
+            dist.barrier()
+        if max_steps and step >= max_steps:
+            break
+
+    if out and rank == 0:
+        info = {"beta": beta_label(beta), "seed": seed, "epochs": epochs, "steps": step, "batch_size": batch_size,
+                "lr": base_lr, "optimizer": optimizer_name, "schedule": schedule, "wall_time_s": round(elapsed, 1),
+                "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+                "processes": world, "n_train": len(train), "dataset": dataset_name or model.config.name,
+                "val": history[-1] if history else None}
+        if test is not None:
+            info["test"] = evaluate(model, test, device=device)
+        checkpoints.save(model, out / "final", **info)
+    if created_group:
+        dist.destroy_process_group()
+    return history
+
+
+def _config_names():
+    from .configs import config_names
+
+    return config_names()
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m gclib.train",
+        description="Train an IB-INN generative classifier (or the ResNet baseline) with the information-"
+        "bottleneck loss. Writes OUT/log.csv, the resumable training state OUT/last.json and the final model "
+        "OUT/final.safetensors + OUT/final.json (load it with gclib.load('OUT/final')).",
+        epilog="Multi-GPU: torchrun --nproc_per_node=N -m gclib.train ... (DistributedDataParallel; the "
+        "batch size is per process).",
+    )
+    p.add_argument("--config", default="fashion-mnist", help="named config: %(default)s (default), cifar10, imagenet")
+    p.add_argument("--model", choices=["gc", "resnet"], default="gc",
+                   help="gc: the generative classifier (default); resnet: the torchvision ResNet baseline")
+    p.add_argument("--beta", default="8", help="IB trade-off beta >= 0, or 'inf' for pure cross-entropy (default 8)")
+    p.add_argument("--epochs", type=int, help="epochs (default: the config's)")
+    p.add_argument("--out", required=True, help="run folder for logs, checkpoints and the final model")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.json (fresh start if absent)")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
+    p.add_argument("--seed", type=int, default=0, help="seed for weights, data order and noise (default 0)")
+    p.add_argument("--batch-size", type=int, help="images per step and process (default: the config's)")
+    p.add_argument("--lr", type=float, help="peak learning rate (default: the config's)")
+    p.add_argument("--optimizer", choices=["adam", "sgd"], help="default: the config's")
+    p.add_argument("--weight-decay", type=float, help="default: the config's")
+    p.add_argument("--schedule", choices=["onecycle", "cosine", "constant"], help="lr schedule (default: config's)")
+    p.add_argument("--grad-clip", type=float, help="max gradient norm (default: the config's)")
+    p.add_argument("--burn-in-steps", type=int, help="steps at lr/10 at the start (default: the config's)")
+    p.add_argument("--checkpoint-every", type=int, help="also save the training state every N steps")
+    p.add_argument("--max-steps", type=int, help="stop after N steps in total (smoke runs)")
+    p.add_argument("--train-subset", type=int, help="train on a fixed random subset of N images")
+    p.add_argument("--data-root", help="dataset folder (default: $GCLIB_DATA, then the dataset's defaults)")
+    p.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes (default 0)")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
+    p.add_argument("--eval-test", action="store_true", help="evaluate on the test set at the end (into final.json)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from . import data
+
+    args = _parser().parse_args(argv)
+    try:
+        config = get_config(args.config)
+        beta = parse_beta(args.beta)
+        dataset = {"fashion-mnist": "fashion-mnist", "cifar10": "cifar10", "imagenet": "imagenet"}.get(
+            config.name, config.name)
+        train_set, val_set, test_set = data.load(dataset, root=args.data_root)
+        if args.train_subset:
+            train_set = train_set.subset(args.train_subset, seed=args.seed)
+        cls = GenerativeClassifier if args.model == "gc" else FeedForwardClassifier
+        model = cls.from_config(config, seed=args.seed)
+        fit(model, train_set, val_set, beta=beta, epochs=args.epochs, out=args.out, batch_size=args.batch_size,
+            lr=args.lr, optimizer=args.optimizer, weight_decay=args.weight_decay, schedule=args.schedule,
+            grad_clip=args.grad_clip, burn_in_steps=args.burn_in_steps, seed=args.seed, device=args.device,
+            resume=args.resume, checkpoint_every=args.checkpoint_every, num_workers=args.num_workers,
+            amp=args.amp, progress=not args.no_progress, max_steps=args.max_steps,
+            test=test_set if args.eval_test else None, dataset_name=dataset)
+    except (ConfigError, TrainingError, checkpoints.CheckpointError, data.DataError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    manifest = checkpoints.read_manifest(Path(args.out) / "final")
+    if manifest["info"].get("test"):
+        test = manifest["info"]["test"]
+        line = f"test accuracy {test['accuracy']:.4f} ({test['correct']}/{test['n']})"
+        if "bits_per_dim" in test:
+            line += f", test bits/dim {test['bits_per_dim']:.3f}"
+        print(line)
+    print(f"final model: {Path(args.out) / 'final.json'}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
