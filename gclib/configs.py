@@ -112,6 +112,8 @@ class TrainConfig:
     warmup_fraction: float = 0.05
     grad_clip: float = 10.0
     burn_in_steps: int = 0  # steps with lr/10 at the very start (helps deep flows settle)
+    augment_flip: bool = False  # random horizontal flips of the training images
+    augment_shift: int = 0  # random translations by up to this many pixels
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from . import checkpoints
 from .configs import get_config
-from .data import dequantize
+from .data import augment, dequantize
 from .errors import ConfigError, TrainingError
 from .model import FeedForwardClassifier, GenerativeClassifier, nats_to_bits_per_dim
 
@@ -247,7 +247,8 @@ def fit(model: nn.Module, train: Dataset, val: Dataset | None = None, *, beta=8.
         out: str | os.PathLike | None = None, batch_size: int | None = None, lr: float | None = None,
         optimizer: str | None = None, weight_decay: float | None = None, schedule: str | None = None,
         warmup_fraction: float | None = None, grad_clip: float | None = None, burn_in_steps: int | None = None,
-        seed: int = 0, device=None, resume: bool = False, checkpoint_every: int | None = None,
+        augment_flip: bool | None = None, augment_shift: int | None = None, seed: int = 0, device=None,
+        resume: bool = False, checkpoint_every: int | None = None,
         num_workers: int = 0, amp: bool = False, progress: bool = True, log_every: int = 20,
         max_bad_steps: int = 20, max_steps: int | None = None, callback=None, test: Dataset | None = None,
         dataset_name: str | None = None) -> list[dict]:
@@ -261,6 +262,7 @@ def fit(model: nn.Module, train: Dataset, val: Dataset | None = None, *, beta=8.
         resume: continue from ``out/last.json``; a fresh start if there is none.
         checkpoint_every: also save the training state every N steps (always at each epoch end).
         amp: bf16 autocast on CUDA (the GMM head and log-dets stay float32).
+        augment_flip, augment_shift: random horizontal flips / translations (pixels) of training images.
         max_bad_steps: consecutive non-finite steps (skipped, weights untouched) before giving up.
         max_steps: stop after this many steps in total (for smoke runs).
         callback: ``callback(step, loss)`` after every optimizer step (tests use it to simulate a crash).
@@ -281,6 +283,8 @@ def fit(model: nn.Module, train: Dataset, val: Dataset | None = None, *, beta=8.
     warmup_fraction = pick(warmup_fraction, "warmup_fraction", 0.05)
     grad_clip = pick(grad_clip, "grad_clip", 10.0)
     burn_in_steps = pick(burn_in_steps, "burn_in_steps", 0)
+    augment_flip = pick(augment_flip, "augment_flip", False)
+    augment_shift = pick(augment_shift, "augment_shift", 0)
     if epochs < 1 or batch_size < 1 or not base_lr > 0:
         raise ConfigError(f"epochs, batch_size and lr must be positive, got {epochs}, {batch_size}, {base_lr}")
 
@@ -340,8 +344,11 @@ def fit(model: nn.Module, train: Dataset, val: Dataset | None = None, *, beta=8.
                    disable=not progress or rank != 0, dynamic_ncols=True, mininterval=1.0)
         for batch_in_epoch, (x, y) in enumerate(loader, start=skip):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            generator = _step_generator(device, seed, step)
+            if augment_flip or augment_shift:
+                x = augment(x, generator, flip=augment_flip, max_shift=augment_shift)
             if generative:
-                x = dequantize(x, _step_generator(device, seed, step)).to(model.head.mu_fc.dtype)
+                x = dequantize(x, generator).to(model.head.mu_fc.dtype)
             current_lr = learning_rate(step, total_steps, base_lr, schedule, warmup_fraction, burn_in_steps)
             for group in opt.param_groups:
                 group["lr"] = current_lr
@@ -452,6 +459,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--schedule", choices=["onecycle", "cosine", "constant"], help="lr schedule (default: config's)")
     p.add_argument("--grad-clip", type=float, help="max gradient norm (default: the config's)")
     p.add_argument("--burn-in-steps", type=int, help="steps at lr/10 at the start (default: the config's)")
+    p.add_argument("--augment-flip", action=argparse.BooleanOptionalAction, default=None,
+                   help="random horizontal flips of training images (default: the config's)")
+    p.add_argument("--augment-shift", type=int, help="random translations by up to N pixels (default: config's)")
     p.add_argument("--checkpoint-every", type=int, help="also save the training state every N steps")
     p.add_argument("--max-steps", type=int, help="stop after N steps in total (smoke runs)")
     p.add_argument("--train-subset", type=int, help="train on a fixed random subset of N images")
@@ -479,7 +489,8 @@ def main(argv: list[str] | None = None) -> int:
         model = cls.from_config(config, seed=args.seed)
         fit(model, train_set, val_set, beta=beta, epochs=args.epochs, out=args.out, batch_size=args.batch_size,
             lr=args.lr, optimizer=args.optimizer, weight_decay=args.weight_decay, schedule=args.schedule,
-            grad_clip=args.grad_clip, burn_in_steps=args.burn_in_steps, seed=args.seed, device=args.device,
+            grad_clip=args.grad_clip, burn_in_steps=args.burn_in_steps, augment_flip=args.augment_flip,
+            augment_shift=args.augment_shift, seed=args.seed, device=args.device,
             resume=args.resume, checkpoint_every=args.checkpoint_every, num_workers=args.num_workers,
             amp=args.amp, progress=not args.no_progress, max_steps=args.max_steps,
             test=test_set if args.eval_test else None, dataset_name=dataset)

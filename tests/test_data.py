@@ -128,3 +128,16 @@ def test_imagenet_folder_loader_on_a_tiny_synthetic_folder(tmp_path):
 def test_imagenet_missing_folder(tmp_path):
     with pytest.raises(gclib.DataError, match="ImageFolder"):
         gclib.data.load("imagenet", root=tmp_path)
+
+
+def test_augment_keeps_shape_range_and_pixels_and_is_seeded(fashion):
+    x, _ = fashion[2][:32]
+    a = gclib.data.augment(x, torch.Generator().manual_seed(0), flip=True, max_shift=2)
+    b = gclib.data.augment(x, torch.Generator().manual_seed(0), flip=True, max_shift=2)
+    assert a.shape == x.shape and a.dtype == x.dtype and torch.equal(a, b)
+    assert 0 <= a.min() and a.max() <= 1
+    assert not torch.equal(a, x)
+    # a flip alone is a permutation of the pixels of each image
+    f = gclib.data.augment(x, torch.Generator().manual_seed(1), flip=True, max_shift=0)
+    assert torch.equal(f.flatten(1).sort(1).values, x.flatten(1).sort(1).values)
+    assert torch.equal(gclib.data.augment(x, None, flip=False, max_shift=0), x)
