@@ -11,7 +11,7 @@ for Trustworthy Image Classification" (CVPR 2021).
 
 __version__ = "0.1.0"
 
-from . import configs, data, errors, train  # noqa: E402
+from . import configs, data, errors  # noqa: E402
 from .checkpoints import load, load_into, save  # noqa: E402
 from .configs import Config, ModelConfig, TrainConfig, get_config  # noqa: E402
 from .errors import CheckpointError, ConfigError, DataError, GclibError, InputError, TrainingError  # noqa: E402
@@ -39,3 +39,13 @@ __all__ = [
     "CheckpointError",
     "TrainingError",
 ]
+
+
+def __getattr__(name):
+    # gclib.train and gclib.bench are imported on first use, so that `python -m gclib.train` does not
+    # find the module already imported (runpy warns about that).
+    if name in ("train", "bench"):
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'gclib' has no attribute {name!r}")

@@ -161,6 +161,14 @@ def get_config(name: str | Config) -> Config:
     return _CONFIGS[name]
 
 
+# fashion-mnist: chosen by measurement on 2 CPU cores (beta = 8, full training set; see README):
+# - subnets conv3x3-ReLU-conv3x3 (subnet_depth=0: the residual branch of a ResNet basic block, the
+#   coupling's additive update acting as the skip). One extra residual block per subnet made a step
+#   5.5x slower for +0.4 points at equal epochs (85.8 vs 85.4 %, 2 epochs on 20k images, beta = inf).
+# - widths (32, 64) vs (32, 128) and n_fc_dims 16 vs 160 changed accuracy by < 0.5 points.
+# - what mattered: a higher learning rate (1e-2 vs 2e-3: +2 points in short runs), batch 64 (more steps),
+#   and flips + 2-pixel shifts, without which the model overfits (train 95 %, val 90.9 % after 8 epochs)
+#   and with which it reaches 91.2 % val in 8 epochs (4.3 minutes).
 register_config(
     Config(
         ModelConfig(
@@ -169,16 +177,18 @@ register_config(
             image_size=28,
             num_classes=10,
             entry_downsamples=1,  # 1x28x28 -> 4x14x14
-            stage_blocks=(4, 6),
+            stage_blocks=(4, 8),
             stage_strides=(1, 2),  # 4x14x14, then 16x7x7
             stage_widths=(32, 64),
+            subnet_depth=0,
             n_fc_dims=16,  # the DC term of each of the 16 channels
             low_rank=32,
             mu_init=3.0,
             data_mean=(0.286,),
             data_std=(0.353,),
         ),
-        TrainConfig(epochs=8, batch_size=128, lr=2e-3, optimizer="adam", weight_decay=1e-5),
+        TrainConfig(epochs=8, batch_size=64, lr=1e-2, optimizer="adam", weight_decay=1e-5, augment_flip=True,
+                    augment_shift=2),
     )
 )
 
@@ -198,7 +208,7 @@ register_config(
             data_mean=(0.491, 0.482, 0.447),
             data_std=(0.247, 0.243, 0.262),
         ),
-        TrainConfig(epochs=100, batch_size=128, lr=1e-3),
+        TrainConfig(epochs=100, batch_size=128, lr=1e-3, augment_flip=True, augment_shift=2),
     )
 )
 

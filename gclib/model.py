@@ -22,12 +22,12 @@ import numpy as np
 import torch
 import torchvision
 from FrEIA.framework import SequenceINN
-from FrEIA.modules import AllInOneBlock, HaarDownsampling
+from FrEIA.modules import HaarDownsampling
 from torch import Tensor, nn
 
 from .configs import Config, ModelConfig, get_config
 from .errors import InputError
-from .modules import BottleneckSubnet, DCTPooling, Normalize, ResNetSubnet
+from .modules import BottleneckSubnet, CouplingBlock, DCTPooling, Normalize, ResNetSubnet
 
 __all__ = ["GenerativeClassifier", "GaussianMixtureHead", "FeedForwardClassifier", "check_images"]
 
@@ -195,7 +195,7 @@ class GenerativeClassifier(nn.Module):
                 flow.append(HaarDownsampling)
             for _ in range(blocks):
                 flow.append(
-                    AllInOneBlock,
+                    CouplingBlock,
                     subnet_constructor=lambda c_in, c_out, w=width: subnet_cls(c_in, c_out, w, cfg.subnet_depth),
                     affine_clamping=cfg.clamp,
                     permute_soft=False,

@@ -6,13 +6,13 @@ from FrEIA.modules import AllInOneBlock, HaarDownsampling
 from torch.autograd.functional import jacobian
 
 import gclib
-from gclib.modules import BottleneckSubnet, DCTPooling, Normalize, ResNetSubnet, dct_matrix
+from gclib.modules import BottleneckSubnet, CouplingBlock, DCTPooling, Normalize, ResNetSubnet, dct_matrix
 
 from .conftest import randomize, tiny_config
 
 
-def _coupling(dims, subnet):
-    return AllInOneBlock([dims], subnet_constructor=lambda ci, co: subnet(ci, co, 6, 1), affine_clamping=2.0)
+def _coupling(dims, subnet, cls=CouplingBlock):
+    return cls([dims], subnet_constructor=lambda ci, co: subnet(ci, co, 6, 1), affine_clamping=2.0)
 
 
 MODULES = {
@@ -21,6 +21,7 @@ MODULES = {
     "dct": lambda: DCTPooling([(2, 2, 3)]),
     "coupling-resnet": lambda: _coupling((4, 2, 2), ResNetSubnet),
     "coupling-bottleneck": lambda: _coupling((4, 2, 2), BottleneckSubnet),
+    "freia-allinone": lambda: _coupling((4, 2, 2), ResNetSubnet, AllInOneBlock),
 }
 
 
@@ -86,3 +87,18 @@ def test_inverse_does_not_modify_its_input():
     before = z.clone()
     model.inverse(z)
     assert torch.equal(z, before)
+
+
+def test_coupling_block_equals_freia_all_in_one_block_after_loading_weights():
+    torch.manual_seed(0)
+    reference = randomize(_coupling((6, 3, 3), ResNetSubnet, AllInOneBlock).double(), scale=0.3)
+    torch.manual_seed(1)  # another permutation, replaced by the reference's on loading
+    fast = _coupling((6, 3, 3), ResNetSubnet).double()
+    fast.load_state_dict(reference.state_dict())
+    x = torch.randn(4, 6, 3, 3, dtype=torch.float64)
+    (y_ref,), j_ref = reference((x,))
+    (y,), j = fast((x,))
+    torch.testing.assert_close(y, y_ref, rtol=0, atol=1e-12)
+    torch.testing.assert_close(j, j_ref, rtol=0, atol=1e-12)
+    (x_back,), _ = fast((y,), rev=True)
+    torch.testing.assert_close(x_back, x)
