@@ -49,33 +49,32 @@ def _tmp_path(path: Path) -> Path:
     return Path(name)
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+def _atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it onto ``path``.
+
+    A crash or an exception inside ``write`` leaves ``path`` as it was and no temporary file behind.
+    """
     path = Path(path)
     tmp = _tmp_path(path)
     try:
-        tmp.write_text(text)
+        write(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    _atomic_write(Path(path), lambda tmp: tmp.write_text(text))
 
 
 def _atomic_save_model(model: torch.nn.Module, path: Path, metadata: dict | None = None) -> None:
-    tmp = _tmp_path(path)
-    try:
-        # save_model (not save_file): it makes FrEIA's non-contiguous permutation tensors contiguous.
-        save_model(model, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    # save_model (not save_file): it makes FrEIA's non-contiguous permutation tensors contiguous.
+    _atomic_write(path, lambda tmp: save_model(model, str(tmp), metadata=metadata))
 
 
 def _atomic_save_tensors(tensors: dict, path: Path) -> None:
-    tmp = _tmp_path(path)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    _atomic_write(path, lambda tmp: save_file(tensors, str(tmp)))
 
 
 def _git_commit() -> str | None:

@@ -11,9 +11,11 @@ into the cache folder (only where the machine has internet).
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
 import shutil
+import socket
 import struct
 from pathlib import Path
 
@@ -181,13 +183,25 @@ def _find_fashion_mnist(root) -> dict[str, Path] | None:
     return None
 
 
+@contextlib.contextmanager
+def _network_timeout(seconds: float = 20):
+    """An offline machine should fail a download fast, not hang on a mirror."""
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
 def _download_fashion_mnist() -> dict[str, Path] | None:
     import torchvision
 
     target = cache_dir()
     try:
-        torchvision.datasets.FashionMNIST(str(target), train=True, download=True)
-        torchvision.datasets.FashionMNIST(str(target), train=False, download=True)
+        with _network_timeout():
+            torchvision.datasets.FashionMNIST(str(target), train=True, download=True)
+            torchvision.datasets.FashionMNIST(str(target), train=False, download=True)
     except Exception:  # no internet, blocked host, ...: the caller raises the one clear error
         shutil.rmtree(target / "FashionMNIST", ignore_errors=True)
         return None
@@ -205,7 +219,8 @@ def _load_fashion_mnist(root, val_size: int, download: bool):
             "(1) apt-get install dataset-fashion-mnist (Debian/Ubuntu, offline); "
             "(2) put the four IDX files (train-images-idx3-ubyte[.gz], ...) in a folder and pass "
             "root=FOLDER or set GCLIB_DATA=FOLDER; "
-            "(3) on a machine with internet, load(..., download=True) uses torchvision's download."
+            "(3) on a machine with internet, torchvision's download into " + str(cache_dir()) + " (tried: "
+            + ("failed" if download else "download=False") + ")."
         )
     arrays = {name: _read_idx(path, _FM_FILES[name]) for name, path in files.items()}
     train_x = arrays["train-images-idx3-ubyte"][:, None]
@@ -223,11 +238,12 @@ def _load_cifar10(root, val_size: int, download: bool):
 
     root = root or os.environ.get("GCLIB_DATA") or cache_dir()
     try:
-        sets = [torchvision.datasets.CIFAR10(str(root), train=t, download=download) for t in (True, False)]
-    except RuntimeError as err:
+        with _network_timeout():
+            sets = [torchvision.datasets.CIFAR10(str(root), train=t, download=download) for t in (True, False)]
+    except Exception as err:  # not found, corrupt, or the download failed
         raise DataError(
-            f"CIFAR-10 not found under {root} ({err}). Put torchvision's 'cifar-10-batches-py' folder there "
-            "(root=FOLDER or GCLIB_DATA=FOLDER), or pass download=True on a machine with internet."
+            f"CIFAR-10 not found under {root} ({str(err)[:200]}). Put torchvision's 'cifar-10-batches-py' folder "
+            "there (root=FOLDER or GCLIB_DATA=FOLDER), or load it with download=True on a machine with internet."
         ) from err
 
     def to_dataset(ds):
@@ -263,7 +279,7 @@ def _load_imagenet(root, val_size: int, image_size: int = 224):
 
 
 def load(name: str = "fashion-mnist", root: str | os.PathLike | None = None, val_size: int | None = None,
-         download: bool = False):
+         download: bool = True):
     """Load a dataset as ``(train, val, test)``.
 
     Arguments:
@@ -271,7 +287,8 @@ def load(name: str = "fashion-mnist", root: str | os.PathLike | None = None, val
         root: a folder to look in first (else $GCLIB_DATA, then the defaults of each dataset).
         val_size: images held out from the training set for validation (fixed split, seed 0);
             default 5000 (10000 for ImageNet).
-        download: allow torchvision to download Fashion-MNIST / CIFAR-10 (needs internet).
+        download: if nothing is found locally, let torchvision download Fashion-MNIST / CIFAR-10 into
+            ``cache_dir()`` (needs internet; an offline machine fails within seconds).
 
     Returns:
         Three datasets whose items are ``(image [C, H, W] float in [0, 1], label int)``.

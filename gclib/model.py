@@ -26,7 +26,7 @@ from FrEIA.modules import HaarDownsampling
 from torch import Tensor, nn
 
 from .configs import Config, ModelConfig, get_config
-from .errors import InputError
+from .errors import ConfigError, InputError
 from .modules import BottleneckSubnet, CouplingBlock, DCTPooling, Normalize, ResNetSubnet
 
 __all__ = ["GenerativeClassifier", "GaussianMixtureHead", "FeedForwardClassifier", "check_images"]
@@ -318,7 +318,7 @@ class FeedForwardClassifier(nn.Module):
         self.arch = arch or ("resnet50" if config.image_size >= 64 else "resnet18")
         self.stem_stride = stem_stride
         if self.arch not in ("resnet18", "resnet34", "resnet50"):
-            raise InputError(f"unknown arch {self.arch!r}; use resnet18, resnet34 or resnet50")
+            raise ConfigError(f"unknown arch {self.arch!r}; use resnet18, resnet34 or resnet50")
         net = getattr(torchvision.models, self.arch)(weights=None, num_classes=config.num_classes)
         if config.image_size < 64:
             net.conv1 = nn.Conv2d(config.in_channels, 64, 3, stride=stem_stride, padding=1, bias=False)

@@ -36,7 +36,7 @@ from torch.utils.data import default_collate
 from tqdm.auto import tqdm
 
 from . import checkpoints
-from .configs import get_config
+from .configs import config_names, get_config
 from .data import augment, dequantize
 from .errors import ConfigError, TrainingError
 from .model import FeedForwardClassifier, GenerativeClassifier, nats_to_bits_per_dim
@@ -272,7 +272,7 @@ def fit(model: nn.Module, train: Dataset, val: Dataset | None = None, *, beta=8.
         TrainingError: the loss stayed non-finite, or ``out`` holds another run and ``resume`` is off.
     """
     beta = parse_beta(beta)
-    defaults = get_config(model.config.name).train if model.config.name in _config_names() else None
+    defaults = get_config(model.config.name).train if model.config.name in config_names() else None
     pick = lambda value, field, fallback: value if value is not None else getattr(defaults, field, fallback)  # noqa: E731
     epochs = pick(epochs, "epochs", 10)
     batch_size = pick(batch_size, "batch_size", 128)
@@ -426,12 +426,6 @@ def fit(model: nn.Module, train: Dataset, val: Dataset | None = None, *, beta=8.
     if created_group:
         dist.destroy_process_group()
     return history
-
-
-def _config_names():
-    from .configs import config_names
-
-    return config_names()
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -141,3 +141,8 @@ def test_augment_keeps_shape_range_and_pixels_and_is_seeded(fashion):
     f = gclib.data.augment(x, torch.Generator().manual_seed(1), flip=True, max_shift=0)
     assert torch.equal(f.flatten(1).sort(1).values, x.flatten(1).sort(1).values)
     assert torch.equal(gclib.data.augment(x, None, flip=False, max_shift=0), x)
+
+
+def test_missing_cifar10_is_one_clear_error(tmp_path):
+    with pytest.raises(gclib.DataError, match="cifar-10-batches-py"):
+        gclib.data.load("cifar10", root=tmp_path, download=False)
