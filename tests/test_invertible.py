@@ -69,7 +69,7 @@ def test_whole_model_round_trip_and_log_det():
     torch.testing.assert_close(log_det, -log_det_rev, atol=1e-8, rtol=0)
     for i in range(4):
         jac = jacobian(lambda v: model._encode(v[None])[0][0], x[i]).reshape(16, 16)
-        assert abs(float(torch.linalg.slogdet(jac)[1]) - float(log_det[i])) <= 1e-6
+        assert abs(float(torch.linalg.slogdet(jac)[1]) - float(log_det[i].detach())) <= 1e-6
 
 
 def test_fashion_mnist_model_round_trip_on_real_images(fashion):
