@@ -172,7 +172,7 @@ class GenerativeClassifier(nn.Module):
         self.config = config
         with _seeded(config.permutation_seed + 12345):
             self.flow = self._build_flow(config)
-        # Per-sample random init of the head is drawn from the caller's RNG, like the subnets' convs.
+        # The head's random part (the low-rank basis) is drawn from the caller's RNG, like the subnets' convs.
         self.head = GaussianMixtureHead(
             config.n_dims, config.num_classes, config.n_fc_dims, config.low_rank, config.mu_init
         )
