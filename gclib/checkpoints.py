@@ -124,9 +124,10 @@ def save(model, path: str | os.PathLike, **info) -> Path:
 
     Extra keyword arguments (beta, seed, epochs, metrics, ...) go into the manifest under ``info``.
     """
-    from .configs import get_config
+    from .configs import config_names, get_config
 
     model = _unwrap(model)
+    kind = _kind(model)  # refuse a non-gclib model before writing anything
     path = Path(path)
     if path.suffix in (".json", ".safetensors"):
         path = path.with_suffix("")
@@ -134,15 +135,13 @@ def save(model, path: str | os.PathLike, **info) -> Path:
     weights = path.with_name(path.name + ".safetensors")
     _atomic_save_model(model, weights)
     cfg = model.config
-    try:
-        train_cfg = get_config(cfg.name).train if get_config(cfg.name).model == cfg else None
-    except Exception:
-        train_cfg = None
-    config = Config(cfg, train_cfg) if train_cfg else Config(cfg)
+    # Record the named config's training defaults only when the architecture is exactly that config.
+    named = cfg.name in config_names() and get_config(cfg.name).model == cfg
+    config = Config(cfg, get_config(cfg.name).train) if named else Config(cfg)
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "kind": _kind(model),
+        "kind": kind,
         "config": config.to_dict(),
         "weights": weights.name,
         "sha256": sha256(weights),
@@ -150,7 +149,7 @@ def save(model, path: str | os.PathLike, **info) -> Path:
         "environment": environment(),
         "info": info,
     }
-    if manifest["kind"] == "feedforward":
+    if kind == "feedforward":
         manifest["feedforward"] = {"arch": model.arch, "stem_stride": model.stem_stride}
     json_path = path.with_name(path.name + ".json")
     atomic_write_text(json_path, json.dumps(manifest, indent=2, default=_jsonable))
