@@ -418,7 +418,7 @@ def fit(model: nn.Module, train: Dataset, val: Dataset | None = None, *, beta=8.
         info = {"beta": beta_label(beta), "seed": seed, "epochs": epochs, "steps": step, "batch_size": batch_size,
                 "lr": base_lr, "optimizer": optimizer_name, "schedule": schedule, "wall_time_s": round(elapsed, 1),
                 "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
-                "processes": world, "n_train": len(train), "dataset": dataset_name or model.config.name,
+                "processes": world, "threads": torch.get_num_threads(), "n_train": len(train), "dataset": dataset_name or model.config.name,
                 "val": history[-1] if history else None}
         if test is not None:
             info["test"] = evaluate(model, test, device=device)
@@ -440,6 +440,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default="fashion-mnist", help="named config: %(default)s (default), cifar10, imagenet")
     p.add_argument("--model", choices=["gc", "resnet"], default="gc",
                    help="gc: the generative classifier (default); resnet: the torchvision ResNet baseline")
+    p.add_argument("--arch", choices=["resnet18", "resnet34", "resnet50"],
+                   help="--model resnet: the torchvision ResNet (default: resnet18 below 64 px, else resnet50)")
+    p.add_argument("--stem-stride", type=int, choices=[1, 2], default=1,
+                   help="--model resnet on small images: stride of the 3x3 stem (2 is 4x cheaper; default 1)")
     p.add_argument("--beta", default="8", help="IB trade-off beta >= 0, or 'inf' for pure cross-entropy (default 8)")
     p.add_argument("--epochs", type=int, help="epochs (default: the config's)")
     p.add_argument("--out", required=True, help="run folder for logs, checkpoints and the final model")
@@ -479,8 +483,11 @@ def main(argv: list[str] | None = None) -> int:
         train_set, val_set, test_set = data.load(dataset, root=args.data_root)
         if args.train_subset:
             train_set = train_set.subset(args.train_subset, seed=args.seed)
-        cls = GenerativeClassifier if args.model == "gc" else FeedForwardClassifier
-        model = cls.from_config(config, seed=args.seed)
+        if args.model == "gc":
+            model = GenerativeClassifier.from_config(config, seed=args.seed)
+        else:
+            model = FeedForwardClassifier.from_config(config, seed=args.seed, arch=args.arch,
+                                                      stem_stride=args.stem_stride)
         fit(model, train_set, val_set, beta=beta, epochs=args.epochs, out=args.out, batch_size=args.batch_size,
             lr=args.lr, optimizer=args.optimizer, weight_decay=args.weight_decay, schedule=args.schedule,
             grad_clip=args.grad_clip, burn_in_steps=args.burn_in_steps, augment_flip=args.augment_flip,
