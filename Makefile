@@ -4,7 +4,12 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 FM_DEB := /usr/share/datasets/fashion-mnist
 
-.PHONY: help setup data test book quick-model bench clean
+.PHONY: help setup data test book models retrain-zoo quick-model bench clean
+NB_OUT ?= book/executed
+BETAS := 0 1 2 4 8 16 32 inf
+# jupytext turns a notebook source (.py) into an .ipynb; papermill runs it with parameters.
+NOTEBOOK = $(BIN)/jupytext --quiet --to ipynb -o $(NB_OUT)/$(1).source.ipynb notebooks/$(1).py && \
+  $(BIN)/papermill --log-level WARNING -k python3 $(NB_OUT)/$(1).source.ipynb $(NB_OUT)/$(2).ipynb
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -36,8 +41,19 @@ test: setup data  ## run the test suite (CPU)
 quick-model: setup data  ## train a beta=8 GC on Fashion-MNIST (1 epoch, CPU) and print its test accuracy
 	$(BIN)/python -m gclib.train --config fashion-mnist --beta 8 --epochs 1 --out runs/quick --resume --eval-test
 
-book: quick-model  ## build the book (for now: the quick model; the book itself comes with its issue)
-	@echo "The Jupyter Book is not built yet (see the book issue); 'make book' trains and evaluates a quick model for now."
+models: setup data  ## run the training notebook once per beta (shipped models) and the zoo notebook: figures/table_models, fig_beta_tradeoff
+	@mkdir -p $(NB_OUT)
+	@for b in $(BETAS); do echo "notebooks/train_model.py, beta=$$b"; \
+	  $(call NOTEBOOK,train_model,train_model_beta-$$b) -p beta $$b || { echo "notebook train_model (beta=$$b) failed: see $(NB_OUT)/train_model_beta-$$b.ipynb"; exit 1; }; done
+	@echo "notebooks/models.py"; $(call NOTEBOOK,models,models) || { echo "notebook models failed: see $(NB_OUT)/models.ipynb"; exit 1; }
+
+retrain-zoo: setup data  ## retrain every zoo model on this machine and ship it to checkpoints/ (hours on a CPU)
+	@for name in $$($(BIN)/python -c "from gclib import zoo; print(' '.join(e.name for e in zoo.entries('fashion-mnist')))"); do \
+	  $(BIN)/python -m gclib.zoo train $$name --out runs/zoo/$$name --resume && \
+	  $(BIN)/python -m gclib.zoo publish $$name --run runs/zoo/$$name || exit 1; done
+
+book: models  ## build the book (for now: the model-zoo notebooks and figures; the Jupyter Book comes with its issue)
+	@echo "figures and tables in figures/, executed notebooks in $(NB_OUT)/"
 
 bench: setup data  ## throughput and memory benchmark of the fashion-mnist config
 	$(BIN)/python -m gclib.bench --config fashion-mnist --json runs/bench.json

@@ -32,6 +32,8 @@ __all__ = [
     "data",
     "errors",
     "train",
+    "zoo",
+    "pretrained",
     "GclibError",
     "ConfigError",
     "InputError",
@@ -42,10 +44,12 @@ __all__ = [
 
 
 def __getattr__(name):
-    # gclib.train and gclib.bench are imported on first use, so that `python -m gclib.train` does not
+    # gclib.train, gclib.bench and gclib.zoo (with gclib.pretrained) are imported on first use, so that `python -m gclib.train` does not
     # find the module already imported (runpy warns about that).
-    if name in ("train", "bench"):
-        import importlib
+    import importlib
 
+    if name in ("train", "bench", "zoo"):
         return importlib.import_module(f".{name}", __name__)
+    if name == "pretrained":
+        return importlib.import_module(".zoo", __name__).pretrained
     raise AttributeError(f"module 'gclib' has no attribute {name!r}")

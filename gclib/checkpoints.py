@@ -119,10 +119,13 @@ def _unwrap(model):
     return getattr(model, "module", model)  # DistributedDataParallel
 
 
-def save(model, path: str | os.PathLike, **info) -> Path:
+def save(model, path: str | os.PathLike, *, env: dict | None = None, **info) -> Path:
     """Write ``PATH.safetensors`` and ``PATH.json`` for a GC or feed-forward model; returns the JSON path.
 
-    Extra keyword arguments (beta, seed, epochs, metrics, ...) go into the manifest under ``info``.
+    The weights are stored in the model's dtype (``model.half()`` first for fp16 storage; ``load``
+    casts them back to float32). Extra keyword arguments (beta, seed, epochs, metrics, ...) go into the
+    manifest under ``info``; ``env`` replaces the recorded environment (library versions, git commit),
+    e.g. to keep the one of the training run when a model is re-saved.
     """
     from .configs import config_names, get_config
 
@@ -146,7 +149,7 @@ def save(model, path: str | os.PathLike, **info) -> Path:
         "weights": weights.name,
         "sha256": sha256(weights),
         "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
-        "environment": environment(),
+        "environment": env or environment(),
         "info": info,
     }
     if kind == "feedforward":

@@ -1,0 +1,139 @@
+"""One figure style for the book, and the figures drawn from the model zoo.
+
+``savefig(fig, "fig_beta_tradeoff")`` writes ``figures/fig_beta_tradeoff.png`` and ``.svg``; the ids
+are the file names listed in the design (and the labels in the book). The SVG is written without a
+date and with a fixed hash salt, so an unchanged figure gives an unchanged file.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+__all__ = ["savefig", "figure", "plot_beta_tradeoff", "plot_training_curves", "BETA_COLORS"]
+
+FIGURES_ENV = "GCLIB_FIGURES"
+_BETA_ORDER = ["0", "1", "2", "4", "8", "16", "32", "inf"]
+# A sequential palette over beta (viridis), so "more classification weight" reads as one direction.
+BETA_COLORS = dict(zip(_BETA_ORDER, ["#440154", "#46327e", "#365c8d", "#277f8e", "#1fa187", "#4ac16d",
+                                     "#a0da39", "#fde725"]))
+DC_COLOR = "#d62728"
+PAPER_COLOR = "#7f7f7f"
+
+
+def _plt():
+    import matplotlib.pyplot as plt  # headless machines fall back to Agg by themselves
+
+    plt.rcParams.update({
+        "figure.dpi": 110, "savefig.dpi": 150, "font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9,
+        "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.3,
+        "legend.frameon": False, "svg.hashsalt": "gclib", "svg.fonttype": "none",
+    })
+    return plt
+
+
+def figure(ncols: int = 1, nrows: int = 1, width: float = 3.2, height: float = 2.8):
+    """``(fig, axes)`` in the book's style; ``width``/``height`` per panel, in inches."""
+    plt = _plt()
+    return plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False,
+                        layout="constrained")
+
+
+def savefig(fig, fig_id: str, folder: str | os.PathLike | None = None) -> list[Path]:
+    """Write ``folder/fig_id.png`` and ``.svg`` (folder: ``$GCLIB_FIGURES`` or ``figures/``)."""
+    folder = Path(folder or os.environ.get(FIGURES_ENV, "figures"))
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"{fig_id}.png", folder / f"{fig_id}.svg"]
+    fig.savefig(paths[0], metadata={"Software": None})
+    fig.savefig(paths[1], metadata={"Date": None})
+    return paths
+
+
+def _beta_x(beta: str) -> int:
+    return _BETA_ORDER.index(beta)
+
+
+def plot_beta_tradeoff(rows: list[dict], paper_top1: dict | None = None):
+    """The information-bottleneck trade-off across beta, from ``gclib.zoo.model_rows`` rows.
+
+    Left: test accuracy per beta (every seed as a dot, the mean as a line) with the ResNet baseline.
+    Middle: accuracy relative to beta = inf, ours on Fashion-MNIST beside the paper's ImageNet numbers,
+    to compare the shape of the trade-off. Right: accuracy against bits/dim (up-left is better).
+    """
+    gc = [r for r in rows if r["model"] == "GC"]
+    dc = [r for r in rows if r["model"] != "GC"]
+    betas = [b for b in _BETA_ORDER if any(r["beta"] == b for r in gc)]
+    fig, axes = figure(3, width=3.3)
+    ax_acc, ax_rel, ax_bpd = axes[0]
+
+    mean_acc = {}
+    for b in betas:
+        accs = [100 * r["test_accuracy"] for r in gc if r["beta"] == b]
+        mean_acc[b] = sum(accs) / len(accs)
+        ax_acc.scatter([_beta_x(b)] * len(accs), accs, color=BETA_COLORS[b], s=16, zorder=3)
+    ax_acc.plot([_beta_x(b) for b in betas], [mean_acc[b] for b in betas], color="k", lw=1, zorder=2,
+                label="GC, mean over seeds")
+    for r in dc:
+        ax_acc.axhline(100 * r["test_accuracy"], color=DC_COLOR, ls="--", lw=1, label=f"DC ({r['model']})")
+    ax_acc.set_xticks(range(len(_BETA_ORDER)), [b if b != "inf" else "∞" for b in _BETA_ORDER])
+    ax_acc.set_xlabel("β")
+    ax_acc.set_ylabel("test accuracy (%)")
+    ax_acc.set_title("Fashion-MNIST: accuracy per β")
+    low = min([v for b, v in mean_acc.items() if b != "0"] or [0])
+    ax_acc.set_ylim(low - 2, max([*mean_acc.values(), *[100 * r["test_accuracy"] for r in dc]]) + 1)
+    if "0" in mean_acc:
+        ax_acc.annotate(f"β=0: {mean_acc['0']:.1f}%", (0, low - 1.8), fontsize=7, ha="left", va="bottom")
+    ax_acc.legend(fontsize=7, loc="lower right")
+
+    if "inf" in mean_acc:
+        rel = [(b, mean_acc[b] - mean_acc["inf"]) for b in betas if b != "0"]
+        ax_rel.plot([_beta_x(b) for b, _ in rel], [v for _, v in rel], "o-", color="k", ms=4,
+                    label="ours, Fashion-MNIST")
+    if paper_top1:
+        pb = [b for b in _BETA_ORDER if b in paper_top1]
+        ax_rel.plot([_beta_x(b) for b in pb], [paper_top1[b] - paper_top1["inf"] for b in pb], "s--",
+                    color=PAPER_COLOR, ms=4, label="paper, ImageNet")
+    ax_rel.axhline(0, color="k", lw=0.5)
+    ax_rel.set_xticks(range(len(_BETA_ORDER)), [b if b != "inf" else "∞" for b in _BETA_ORDER])
+    ax_rel.set_xlabel("β")
+    ax_rel.set_ylabel("accuracy − accuracy at β=∞ (points)")
+    ax_rel.set_title("shape of the trade-off")
+    ax_rel.legend(fontsize=7, loc="lower right")
+
+    for b in betas:
+        pts = [(r["bits_per_dim"], 100 * r["test_accuracy"]) for r in gc if r["beta"] == b and r["bits_per_dim"]]
+        if pts:
+            ax_bpd.scatter(*zip(*pts), color=BETA_COLORS[b], s=18, label=f"β={b if b != 'inf' else '∞'}", zorder=3)
+    ax_bpd.set_xlabel("test bits/dim (lower: better density model)")
+    ax_bpd.set_ylabel("test accuracy (%)")
+    ax_bpd.set_title("accuracy against bits/dim")
+    ax_bpd.legend(fontsize=6, ncol=2, loc="best")
+    finite = [r["bits_per_dim"] for r in gc if r["bits_per_dim"] and math.isfinite(r["bits_per_dim"])]
+    if finite and max(finite) > 3 * min(finite):
+        ax_bpd.set_xscale("log")
+    return fig
+
+
+def plot_training_curves(histories: dict[str, list[dict]], colors: dict[str, str] | None = None):
+    """Validation accuracy and bits/dim per epoch for each labelled run (rows of a run's ``log.csv``)."""
+    fig, axes = figure(2, width=3.6)
+    ax_acc, ax_bpd = axes[0]
+    for label, history in histories.items():
+        if not history:
+            continue
+        color = (colors or {}).get(label)
+        epochs = [row["epoch"] for row in history]
+        (line,) = ax_acc.plot(epochs, [100 * row["val_accuracy"] for row in history], "-", color=color, label=label)
+        color = line.get_color()
+        ax_acc.plot(epochs, [100 * row["train_accuracy"] for row in history], ":", color=color)
+        if history[0].get("val_bits_per_dim") not in (None, ""):
+            ax_bpd.plot(epochs, [row["val_bits_per_dim"] for row in history], "-", color=color, label=label)
+    ax_acc.set_xlabel("epoch")
+    ax_acc.set_ylabel("accuracy (%)")
+    ax_acc.set_title("accuracy: validation (solid),\ntraining batches, augmented (dotted)")
+    ax_acc.legend(fontsize=7)
+    ax_bpd.set_xlabel("epoch")
+    ax_bpd.set_ylabel("validation bits/dim")
+    ax_bpd.set_title("density during training")
+    return fig

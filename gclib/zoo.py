@@ -1,0 +1,451 @@
+"""The model zoo: trained models shipped in ``checkpoints/<dataset>/`` and ``gclib.pretrained()``.
+
+Every shipped model is ``NAME.safetensors`` + ``NAME.json``. Its manifest holds the config, the
+training record (beta, seed, epochs, steps, wall time, device, threads, the per-epoch log), the
+environment of the training run (library versions, git commit of the training code) and the
+figures measured on the full test set when the model was published: number of test images, correct
+predictions, accuracy, bits/dim (dequantization noise seeded with 0) and, for a GC, the largest
+reconstruction error ``max |f^-1(f(x)) - x|``. The tests recompute all of them.
+
+The zoo is also a recipe: ``ZOO`` lists every model with the exact ``python -m gclib.train``
+arguments it was trained with, so ``python -m gclib.zoo train NAME`` retrains it and
+``python -m gclib.zoo publish NAME --run DIR`` evaluates and ships the result.
+
+>>> sorted(e.beta for e in entries("fashion-mnist") if e.model == "gc" and e.seed == 0)[:3]
+['0', '1', '16']
+>>> entry("fashion-mnist", "gc-beta-8").command("runs/x")[:6]
+['-m', 'gclib.train', '--config', 'fashion-mnist', '--model', 'gc']
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import checkpoints
+from .errors import CheckpointError, ConfigError
+from .model import GenerativeClassifier
+
+__all__ = ["ZooEntry", "ZOO", "entries", "entry", "checkpoint_root", "available", "pretrained", "publish",
+           "verify", "model_name", "train_command", "read_history", "reconstruction_error", "evaluate_model",
+           "model_rows", "table_rows", "write_table", "PAPER_IMAGENET_TOP1", "BETAS"]
+
+BETAS = ("0", "1", "2", "4", "8", "16", "32", "inf")
+# The paper's ImageNet numbers (Mackowiak et al. 2021, Table 1): top-1 accuracy (%) per beta, and the
+# ResNet-50 baseline. beta=0 is not reported there.
+PAPER_IMAGENET_TOP1 = {"1": 67.30, "2": 71.73, "4": 73.69, "8": 74.59, "16": 75.54, "32": 76.18, "inf": 76.27,
+                       "resnet": 76.1}
+PAPER_IMAGENET_BPD = {"1": 4.34}
+CHECKPOINTS_ENV = "GCLIB_CHECKPOINTS"
+EVAL_BATCH = 500
+EVAL_SEED = 0
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    """One model of the zoo and how it is trained (arguments of ``python -m gclib.train``)."""
+
+    dataset: str
+    name: str  # file stem in checkpoints/<dataset>/
+    model: str  # "gc" or "resnet"
+    beta: str | None  # "0" ... "inf"; None for the ResNet
+    seed: int
+    epochs: int
+    extra_args: tuple[str, ...] = ()
+    dtype: str = "float32"  # storage dtype of the shipped weights
+
+    def command(self, out: str | os.PathLike) -> list[str]:
+        """Arguments for ``python`` that train this model into ``out``."""
+        args = ["-m", "gclib.train", "--config", self.dataset, "--model", self.model]
+        if self.beta is not None:
+            args += ["--beta", self.beta]
+        args += ["--seed", str(self.seed), "--epochs", str(self.epochs), *self.extra_args, "--out", str(out),
+                 "--eval-test"]
+        return args
+
+
+def _fashion_mnist() -> list[ZooEntry]:
+    # 10 epochs of the config's defaults (Adam 1e-2, one-cycle, batch 64, flips + 2-px shifts): about
+    # 9 minutes per GC on one CPU core. The ResNet-18 uses a stride-2 stem (4x fewer FLOPs than stride 1)
+    # and SGD, the usual recipe for ResNets; it is stored in fp16 to fit the 40 MB budget.
+    out = [ZooEntry("fashion-mnist", f"gc-beta-{b}", "gc", b, 0, 10) for b in BETAS]
+    out += [ZooEntry("fashion-mnist", f"gc-beta-{b}-seed{s}", "gc", b, s, 10) for b in ("1", "8", "inf")
+            for s in (1, 2)]
+    out.append(ZooEntry("fashion-mnist", "resnet18", "resnet", None, 0, 4,
+                        ("--arch", "resnet18", "--stem-stride", "2", "--optimizer", "sgd", "--lr", "0.1",
+                         "--weight-decay", "5e-4", "--batch-size", "128"), dtype="float16"))
+    return out
+
+
+ZOO: dict[tuple[str, str], ZooEntry] = {(e.dataset, e.name): e for e in _fashion_mnist()}
+
+
+def entries(dataset: str | None = None) -> list[ZooEntry]:
+    return [e for e in ZOO.values() if dataset is None or e.dataset == dataset]
+
+
+def entry(dataset: str, name: str) -> ZooEntry:
+    try:
+        return ZOO[(dataset, name)]
+    except KeyError:
+        known = ", ".join(e.name for e in entries(dataset)) or "none"
+        raise ConfigError(f"the zoo has no model {name!r} for {dataset!r}; it has: {known}") from None
+
+
+def train_command(dataset: str = "fashion-mnist", beta="8", model: str = "gc", seed: int = 0,
+                  epochs: int | None = None, out: str | os.PathLike = "runs/model") -> list[str]:
+    """Arguments of ``python -m gclib.train`` for a model: the zoo's recipe when the zoo has it
+    (``epochs`` overrides its epochs), else the config's defaults.
+
+    >>> train_command("fashion-mnist", "inf", out="runs/x")[:8]
+    ['--config', 'fashion-mnist', '--model', 'gc', '--beta', 'inf', '--seed', '0']
+    """
+    from dataclasses import replace
+
+    from .configs import get_config
+    from .train import beta_label, parse_beta
+
+    name = model_name(beta, model, seed)
+    e = ZOO.get((dataset, name))
+    if e is None:
+        label = beta_label(parse_beta(beta)) if model == "gc" else None
+        e = ZooEntry(dataset, name, model, label, seed, epochs or get_config(dataset).train.epochs)
+    elif epochs:
+        e = replace(e, epochs=epochs)
+    return e.command(out)[2:]
+
+
+def checkpoint_root() -> Path:
+    """``$GCLIB_CHECKPOINTS`` if set, else the repository's ``checkpoints/`` folder."""
+    if os.environ.get(CHECKPOINTS_ENV):
+        return Path(os.environ[CHECKPOINTS_ENV])
+    return Path(__file__).resolve().parent.parent / "checkpoints"
+
+
+def available(dataset: str = "fashion-mnist", root: str | os.PathLike | None = None) -> list[str]:
+    """Names of the models shipped for ``dataset`` (manifests present in checkpoints/<dataset>/)."""
+    folder = Path(root or checkpoint_root()) / dataset
+    return sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []
+
+
+def model_name(beta, model: str, seed: int) -> str:
+    from .train import beta_label, parse_beta
+
+    if model in ("resnet", "resnet18"):
+        return "resnet18"
+    if model != "gc":
+        raise ConfigError(f"model must be 'gc' or 'resnet', got {model!r}")
+    name = f"gc-beta-{beta_label(parse_beta(beta))}"
+    return name if seed == 0 else f"{name}-seed{seed}"
+
+
+def pretrained(dataset: str = "fashion-mnist", beta=8, *, model: str = "gc", seed: int = 0, device=None,
+               root: str | os.PathLike | None = None):
+    """A shipped model, ready on ``device`` (default: CUDA if available), sha256 verified first.
+
+    ``pretrained("fashion-mnist", beta=8)`` is the GC trained with beta = 8 (``beta`` also takes
+    ``"inf"``); ``pretrained("fashion-mnist", "resnet")`` or ``model="resnet"`` is the ResNet baseline;
+    ``seed=1`` or ``2`` picks the extra seeds where they exist. The manifest is ``model.manifest``.
+
+    Raises:
+        CheckpointError: nothing is shipped under that name (the message lists what is), or the file
+            does not match its sha256.
+    """
+    if isinstance(beta, str) and beta.lower().startswith("resnet"):
+        model = "resnet"
+    name = model_name(beta, model, seed)
+    base = Path(root or checkpoint_root())
+    shipped = available(dataset, base)
+    if not shipped:
+        datasets = (sorted(p.name for p in base.iterdir() if p.is_dir() and any(p.glob("*.json")))
+                    if base.is_dir() else [])
+        raise CheckpointError(
+            f"no shipped models for dataset {dataset!r} in {base}"
+            + (f"; datasets with models: {', '.join(datasets)}" if datasets else
+               f" (set ${CHECKPOINTS_ENV} to a clone's checkpoints/ folder)")
+            + f". Train one with: python -m gclib.train --config {dataset} --beta {beta} --out runs/mine")
+    if name not in shipped:
+        raise CheckpointError(f"no shipped model {name!r} for {dataset!r}; shipped: {', '.join(shipped)}")
+    return checkpoints.load(base / dataset / name, device=device, verify=True, expect_config=dataset)
+
+
+# -- evaluation ----------------------------------------------------------------------------------
+RECONSTRUCTION_TOLERANCE = 1e-4
+
+
+@torch.no_grad()
+def reconstruction_error(model: GenerativeClassifier, dataset, batch_size: int = EVAL_BATCH,
+                         dtype: torch.dtype | None = None) -> float:
+    """max |f^-1(f(x)) - x| over ``dataset`` (images in [0, 1]), computed in the model's dtype or in
+    ``dtype`` (on a copy of the model, e.g. ``torch.float64``)."""
+    if dtype is not None and dtype != model.head.mu_fc.dtype:
+        model = copy.deepcopy(model).to(dtype)
+    worst = 0.0
+    device = model.device
+    for start in range(0, len(dataset), batch_size):
+        x, _ = dataset[start:start + batch_size]
+        x = x.to(device, model.head.mu_fc.dtype)
+        worst = max(worst, float((model.inverse(model.encode(x)) - x).abs().max()))
+    return worst
+
+
+def evaluate_model(model, test) -> dict:
+    """The published figures of a model on the test set, computed as the tests recompute them.
+
+    Accuracy on the clean images, bits/dim on images dequantized with noise seeded with ``EVAL_SEED``,
+    batches of ``EVAL_BATCH``; for a GC also the reconstruction error in float32 and, where that exceeds
+    ``RECONSTRUCTION_TOLERANCE`` (a badly conditioned flow, as at beta = inf, where nothing in the loss
+    keeps the flow from contracting the dims the classes do not use), in float64 too: the weights then
+    still define an invertible map, but float32 cannot invert it.
+    """
+    from .train import evaluate
+
+    result = evaluate(model, test, batch_size=EVAL_BATCH, seed=EVAL_SEED)
+    if isinstance(model, GenerativeClassifier):
+        result["reconstruction_max_abs_error"] = reconstruction_error(model, test)
+        if result["reconstruction_max_abs_error"] > RECONSTRUCTION_TOLERANCE:
+            result["reconstruction_max_abs_error_float64"] = reconstruction_error(model, test, dtype=torch.float64)
+    return result
+
+
+def read_history(run: str | os.PathLike) -> list[dict]:
+    """The per-epoch rows of a training run's ``log.csv`` (empty if there is none)."""
+    from .train import _read_log
+
+    run = Path(run)
+    return _read_log(run) if (run / "log.csv").is_file() else []
+
+
+def publish(run: str | os.PathLike, name: str, dataset: str = "fashion-mnist",
+            root: str | os.PathLike | None = None, dtype: str | None = None, test=None) -> Path:
+    """Ship the final model of training run ``run`` as ``checkpoints/<dataset>/<name>``.
+
+    Writes the weights (in ``dtype``; default the zoo entry's), evaluates the written file on the full
+    test set on CPU and records the result in the manifest, with the training record and environment.
+    Returns the manifest path.
+    """
+    from . import data
+
+    run = Path(run)
+    trained = checkpoints.load(run / "final", device="cpu")
+    record = trained.manifest
+    dtype = dtype or (entry(dataset, name).dtype if (dataset, name) in ZOO else "float32")
+    if dtype not in ("float32", "float16", "bfloat16"):
+        raise ConfigError(f"dtype must be float32, float16 or bfloat16, got {dtype!r}")
+    stored = copy.deepcopy(trained).to(getattr(torch, dtype))
+    dest = Path(root or checkpoint_root()) / dataset / name
+    info = dict(record["info"])
+    info.pop("test", None)  # measured again below on the stored (possibly fp16) weights
+    info["history"] = read_history(run)
+    info["parameters"] = sum(p.numel() for p in trained.parameters())
+    info["zoo_name"] = name
+    if (dataset, name) in ZOO:
+        info["train_command"] = "python " + " ".join(entry(dataset, name).command("OUT"))
+    checkpoints.save(stored, dest, env=record["environment"], **info)
+    shipped = checkpoints.load(dest, device="cpu")
+    if test is None:
+        test = data.load(dataset)[2]
+    info["test"] = evaluate_model(shipped, test)
+    info["test"]["torch_threads"] = torch.get_num_threads()
+    return _rewrite_info(dest, info)
+
+
+def _rewrite_info(dest: Path, info: dict) -> Path:
+    json_path = dest.with_name(dest.name + ".json")
+    manifest = json.loads(json_path.read_text())
+    manifest["info"] = info
+    checkpoints.atomic_write_text(json_path, json.dumps(manifest, indent=2))
+    return json_path
+
+
+def verify(name: str, dataset: str = "fashion-mnist", root: str | os.PathLike | None = None, test=None) -> dict:
+    """Load shipped model ``name`` (sha256 checked) and recompute its figures on the test set.
+
+    Returns ``{"manifest": <its test record>, "measured": <recomputed>}``; compare them yourself or use
+    ``python -m gclib.zoo verify``.
+    """
+    from . import data
+
+    model = checkpoints.load(Path(root or checkpoint_root()) / dataset / name, device="cpu", verify=True)
+    if test is None:
+        test = data.load(dataset)[2]
+    return {"manifest": model.manifest["info"].get("test", {}), "measured": evaluate_model(model, test)}
+
+
+def _mismatches(result: dict) -> list[str]:
+    want, got = result["manifest"], result["measured"]
+    problems = []
+    for key in ("n", "correct"):
+        if want.get(key) != got[key]:
+            problems.append(f"{key}: manifest {want.get(key)}, measured {got[key]}")
+    if "bits_per_dim" in got and round(want.get("bits_per_dim", math.nan), 3) != round(got["bits_per_dim"], 3):
+        problems.append(f"bits/dim: manifest {want.get('bits_per_dim')}, measured {got['bits_per_dim']}")
+    f32, f64 = got.get("reconstruction_max_abs_error", 0.0), got.get("reconstruction_max_abs_error_float64")
+    if f32 > RECONSTRUCTION_TOLERANCE and not (f64 is not None and f64 <= RECONSTRUCTION_TOLERANCE):
+        problems.append(f"reconstruction error {f32:.2e} (float32), {f64} (float64) > {RECONSTRUCTION_TOLERANCE}")
+    if (f32 > RECONSTRUCTION_TOLERANCE) != (want.get("reconstruction_max_abs_error", 0.0) > RECONSTRUCTION_TOLERANCE):
+        problems.append(f"float32 reconstruction error {f32:.2e}, manifest {want.get('reconstruction_max_abs_error')}")
+    return problems
+
+
+# -- the table ----------------------------------------------------------------------------------
+def model_rows(dataset: str = "fashion-mnist", root: str | os.PathLike | None = None) -> list[dict]:
+    """One dict per shipped model, read from the manifests (nothing is evaluated)."""
+    rows = []
+    folder = Path(root or checkpoint_root()) / dataset
+    for name in available(dataset, root):
+        manifest = checkpoints.read_manifest(folder / name)
+        info = manifest["info"]
+        test = info.get("test", {})
+        rows.append({
+            "name": name,
+            "model": "GC" if manifest["kind"] == "generative" else manifest.get("feedforward", {}).get("arch", "DC"),
+            "beta": info.get("beta"),
+            "seed": info.get("seed"),
+            "epochs": info.get("epochs"),
+            "test_accuracy": test.get("accuracy"),
+            "test_correct": test.get("correct"),
+            "n_test": test.get("n"),
+            "bits_per_dim": test.get("bits_per_dim"),
+            "parameters": info.get("parameters"),
+            "train_minutes": round(info["wall_time_s"] / 60, 1) if info.get("wall_time_s") else None,
+            "device": info.get("device"),
+            "threads": info.get("threads"),
+            "dtype": manifest.get("dtype"),
+            "history": info.get("history", []),
+        })
+    return rows
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return mean, std
+
+
+def _beta_key(beta) -> float:
+    return math.inf if beta in ("inf", None) else float(beta)
+
+
+def table_rows(rows: list[dict]) -> list[dict]:
+    """The ``table_models`` rows: one per released model (seed 0), seeds summarised as mean ± std."""
+    out = []
+    released = sorted((r for r in rows if r["seed"] == 0), key=lambda r: (r["model"] != "GC", _beta_key(r["beta"])))
+    for r in released:
+        same = [s for s in rows if s["model"] == r["model"] and s["beta"] == r["beta"]]
+        acc = [100 * s["test_accuracy"] for s in same]
+        bpd = [s["bits_per_dim"] for s in same if s["bits_per_dim"] is not None]
+        acc_mean, acc_std = _mean_std(acc)
+        row = {
+            "model": "GC (IB-INN)" if r["model"] == "GC" else f"DC ({r['model']})",
+            "beta": r["beta"] if r["model"] == "GC" else "",
+            "test_accuracy_pct": round(100 * r["test_accuracy"], 2),
+            "bits_per_dim": round(r["bits_per_dim"], 3) if r["bits_per_dim"] is not None else "",
+            "seeds": len(same),
+            "accuracy_mean_pct": round(acc_mean, 2) if len(same) > 1 else "",
+            "accuracy_std_pct": round(acc_std, 2) if len(same) > 1 else "",
+            "bits_per_dim_mean": round(_mean_std(bpd)[0], 3) if len(bpd) > 1 else "",
+            "bits_per_dim_std": round(_mean_std(bpd)[1], 3) if len(bpd) > 1 else "",
+            "parameters": r["parameters"],
+            "train_minutes": r["train_minutes"],
+            "train_device": f"{r['device']} ({r['threads']} thread{'s' if r['threads'] != 1 else ''})"
+            if r["device"] == "cpu" else r["device"],
+            "epochs": r["epochs"],
+            "paper_imagenet_top1_pct": PAPER_IMAGENET_TOP1.get(r["beta"] if r["model"] == "GC" else "resnet", ""),
+        }
+        out.append(row)
+    return out
+
+
+_MD_HEADERS = {
+    "model": "model", "beta": "β", "test_accuracy_pct": "test acc. (%)", "bits_per_dim": "bits/dim",
+    "seeds": "seeds", "accuracy_mean_pct": "acc. mean (%)", "accuracy_std_pct": "acc. std",
+    "bits_per_dim_mean": "bits/dim mean", "bits_per_dim_std": "bits/dim std", "parameters": "parameters",
+    "train_minutes": "training (min)", "train_device": "trained on", "epochs": "epochs",
+    "paper_imagenet_top1_pct": "paper, ImageNet top-1 (%)",
+}
+
+
+def write_table(rows: list[dict], folder: str | os.PathLike, stem: str = "table_models") -> tuple[Path, Path]:
+    """Write ``rows`` as ``folder/stem.csv`` and a Markdown table ``folder/stem.md``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    keys = list(rows[0])
+    csv_path, md_path = folder / f"{stem}.csv", folder / f"{stem}.md"
+    with open(csv_path, "w", newline="") as f:
+        writer = csv.DictWriter(f, keys)
+        writer.writeheader()
+        writer.writerows(rows)
+
+    def cell(v):
+        return f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) and v >= 10000 else str(v)
+
+    lines = ["| " + " | ".join(_MD_HEADERS.get(k, k) for k in keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(cell(r[k]) for k in keys) + " |" for r in rows]
+    md_path.write_text("\n".join(lines) + "\n")
+    return csv_path, md_path
+
+
+# -- CLI ------------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m gclib.zoo", description="List, retrain, publish and verify "
+                                "the shipped models (checkpoints/<dataset>/).")
+    p.add_argument("--dataset", default="fashion-mnist")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("list", help="the zoo's models, whether shipped, and their test figures")
+    t = sub.add_parser("train", help="retrain a zoo model with its recorded arguments")
+    t.add_argument("name")
+    t.add_argument("--out", help="run folder (default runs/<dataset>/<name>)")
+    t.add_argument("--resume", action="store_true")
+    t.add_argument("--device")
+    pb = sub.add_parser("publish", help="evaluate a finished run and ship it as checkpoints/<dataset>/<name>")
+    pb.add_argument("name")
+    pb.add_argument("--run", required=True, help="the training run folder")
+    v = sub.add_parser("verify", help="recompute the test figures of shipped models and compare")
+    v.add_argument("names", nargs="*", help="default: every shipped model")
+    args = p.parse_args(argv)
+    try:
+        if args.cmd == "list":
+            shipped = set(available(args.dataset))
+            for e in entries(args.dataset):
+                line = f"{e.name:22s} {'shipped' if e.name in shipped else 'missing'}"
+                if e.name in shipped:
+                    test = checkpoints.read_manifest(checkpoint_root() / args.dataset / e.name)["info"].get("test", {})
+                    line += f"  acc {test.get('accuracy', math.nan):.4f}"
+                    if "bits_per_dim" in test:
+                        line += f"  bits/dim {test['bits_per_dim']:.3f}"
+                print(line)
+        elif args.cmd == "train":
+            e = entry(args.dataset, args.name)
+            cmd = [sys.executable, *e.command(args.out or f"runs/{args.dataset}/{e.name}")]
+            cmd += (["--resume"] if args.resume else []) + (["--device", args.device] if args.device else [])
+            print(" ".join(cmd), file=sys.stderr)
+            return subprocess.call(cmd)
+        elif args.cmd == "publish":
+            path = publish(args.run, args.name, args.dataset)
+            print(f"shipped {path}: {json.dumps(json.loads(path.read_text())['info']['test'])}")
+        elif args.cmd == "verify":
+            failed = 0
+            for name in args.names or available(args.dataset):
+                problems = _mismatches(verify(name, args.dataset))
+                print(f"{name}: {'OK' if not problems else 'MISMATCH ' + '; '.join(problems)}")
+                failed += bool(problems)
+            return 1 if failed else 0
+    except (ConfigError, CheckpointError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
