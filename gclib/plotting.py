@@ -72,7 +72,8 @@ def plot_beta_tradeoff(rows: list[dict], paper_top1: dict | None = None):
         accs = [100 * r["test_accuracy"] for r in gc if r["beta"] == b]
         mean_acc[b] = sum(accs) / len(accs)
         ax_acc.scatter([_beta_x(b)] * len(accs), accs, color=BETA_COLORS[b], s=16, zorder=3)
-    ax_acc.plot([_beta_x(b) for b in betas], [mean_acc[b] for b in betas], color="k", lw=1, zorder=2,
+    trained = [b for b in betas if b != "0"]  # beta = 0 does not train the classes: off this scale
+    ax_acc.plot([_beta_x(b) for b in trained], [mean_acc[b] for b in trained], color="k", lw=1, zorder=2,
                 label="GC, mean over seeds")
     for r in dc:
         ax_acc.axhline(100 * r["test_accuracy"], color=DC_COLOR, ls="--", lw=1, label=f"DC ({r['model']})")
@@ -101,17 +102,34 @@ def plot_beta_tradeoff(rows: list[dict], paper_top1: dict | None = None):
     ax_rel.set_title("shape of the trade-off")
     ax_rel.legend(fontsize=7, loc="lower right")
 
+    means = []
     for b in betas:
         pts = [(r["bits_per_dim"], 100 * r["test_accuracy"]) for r in gc if r["beta"] == b and r["bits_per_dim"]]
-        if pts:
-            ax_bpd.scatter(*zip(*pts), color=BETA_COLORS[b], s=18, label=f"β={b if b != 'inf' else '∞'}", zorder=3)
+        if not pts or b == "0":
+            continue
+        ax_bpd.scatter(*zip(*pts), color=BETA_COLORS[b], s=18, label=f"β={b if b != 'inf' else '∞'}", zorder=3,
+                       edgecolor="k", linewidth=0.3)
+        means.append((sum(p[0] for p in pts) / len(pts), sum(p[1] for p in pts) / len(pts)))
+    if means:
+        ax_bpd.plot(*zip(*means), color="k", lw=0.8, zorder=2)
+    zero = [r for r in gc if r["beta"] == "0" and r["bits_per_dim"]]
+    if zero:
+        text = f"β=0 (off scale): {100 * zero[0]['test_accuracy']:.1f} %, {zero[0]['bits_per_dim']:.2f} bits/dim"
+        ax_bpd.annotate(text, (0.98, 0.02), xycoords="axes fraction", fontsize=7, ha="right")
     ax_bpd.set_xlabel("test bits/dim (lower: better density model)")
     ax_bpd.set_ylabel("test accuracy (%)")
     ax_bpd.set_title("accuracy against bits/dim")
-    ax_bpd.legend(fontsize=6, ncol=2, loc="best")
-    finite = [r["bits_per_dim"] for r in gc if r["bits_per_dim"] and math.isfinite(r["bits_per_dim"])]
-    if finite and max(finite) > 3 * min(finite):
+    ax_bpd.legend(fontsize=6, ncol=2, loc="center right")
+    finite = [m[0] for m in means if math.isfinite(m[0])]
+    if finite and max(finite) > 2.5 * min(finite):
+        from matplotlib.ticker import FixedFormatter, FixedLocator, NullFormatter, NullLocator
+
         ax_bpd.set_xscale("log")
+        ticks = [t for t in (2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 30) if 0.9 * min(finite) <= t <= 1.1 * max(finite)]
+        ax_bpd.xaxis.set_major_locator(FixedLocator(ticks))
+        ax_bpd.xaxis.set_major_formatter(FixedFormatter([f"{t:g}" for t in ticks]))
+        ax_bpd.xaxis.set_minor_locator(NullLocator())
+        ax_bpd.xaxis.set_minor_formatter(NullFormatter())
     return fig
 
 

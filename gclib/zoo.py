@@ -25,8 +25,10 @@ import csv
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +39,8 @@ from .errors import CheckpointError, ConfigError
 from .model import GenerativeClassifier
 
 __all__ = ["ZooEntry", "ZOO", "entries", "entry", "checkpoint_root", "available", "pretrained", "publish",
-           "verify", "model_name", "train_command", "read_history", "reconstruction_error", "evaluate_model",
+           "verify", "model_name", "train_command", "read_history", "reconstruction_error", "reconstruction_errors",
+           "evaluate_model",
            "model_rows", "table_rows", "write_table", "PAPER_IMAGENET_TOP1", "BETAS"]
 
 BETAS = ("0", "1", "2", "4", "8", "16", "32", "inf")
@@ -184,37 +187,44 @@ RECONSTRUCTION_TOLERANCE = 1e-4
 
 
 @torch.no_grad()
-def reconstruction_error(model: GenerativeClassifier, dataset, batch_size: int = EVAL_BATCH,
-                         dtype: torch.dtype | None = None) -> float:
-    """max |f^-1(f(x)) - x| over ``dataset`` (images in [0, 1]), computed in the model's dtype or in
-    ``dtype`` (on a copy of the model, e.g. ``torch.float64``)."""
+def reconstruction_errors(model: GenerativeClassifier, dataset, batch_size: int = EVAL_BATCH,
+                          dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Per image max |f^-1(f(x)) - x| over ``dataset`` (images in [0, 1]), [N], computed in the
+    model's dtype or in ``dtype`` (on a copy of the model, e.g. ``torch.float64``)."""
     if dtype is not None and dtype != model.head.mu_fc.dtype:
         model = copy.deepcopy(model).to(dtype)
-    worst = 0.0
-    device = model.device
+    errors = []
     for start in range(0, len(dataset), batch_size):
         x, _ = dataset[start:start + batch_size]
-        x = x.to(device, model.head.mu_fc.dtype)
-        worst = max(worst, float((model.inverse(model.encode(x)) - x).abs().max()))
-    return worst
+        x = x.to(model.device, model.head.mu_fc.dtype)
+        errors.append((model.inverse(model.encode(x)) - x).abs().flatten(1).amax(1).double().cpu())
+    return torch.cat(errors)
+
+
+def reconstruction_error(model: GenerativeClassifier, dataset, batch_size: int = EVAL_BATCH,
+                         dtype: torch.dtype | None = None) -> float:
+    """max |f^-1(f(x)) - x| over the whole ``dataset``."""
+    return float(reconstruction_errors(model, dataset, batch_size, dtype).max())
 
 
 def evaluate_model(model, test) -> dict:
     """The published figures of a model on the test set, computed as the tests recompute them.
 
     Accuracy on the clean images, bits/dim on images dequantized with noise seeded with ``EVAL_SEED``,
-    batches of ``EVAL_BATCH``; for a GC also the reconstruction error in float32 and, where that exceeds
-    ``RECONSTRUCTION_TOLERANCE`` (a badly conditioned flow, as at beta = inf, where nothing in the loss
-    keeps the flow from contracting the dims the classes do not use), in float64 too: the weights then
-    still define an invertible map, but float32 cannot invert it.
+    batches of ``EVAL_BATCH``; for a GC also the reconstruction error max |f^-1(f(x)) - x|, in float32
+    (what a user gets) and in float64 (whether the weights define an invertible map at all). The two
+    differ where the flow is badly conditioned: at beta = inf nothing in the loss stops the flow from
+    contracting the latent dims the classes do not use, and float32 can no longer invert it.
     """
     from .train import evaluate
 
     result = evaluate(model, test, batch_size=EVAL_BATCH, seed=EVAL_SEED)
     if isinstance(model, GenerativeClassifier):
-        result["reconstruction_max_abs_error"] = reconstruction_error(model, test)
-        if result["reconstruction_max_abs_error"] > RECONSTRUCTION_TOLERANCE:
-            result["reconstruction_max_abs_error_float64"] = reconstruction_error(model, test, dtype=torch.float64)
+        errors = reconstruction_errors(model, test)
+        result["reconstruction_max_abs_error"] = float(errors.max())
+        result["reconstruction_median_abs_error"] = float(errors.median())
+        result["reconstruction_images_over_1e-4"] = int((errors > RECONSTRUCTION_TOLERANCE).sum())
+        result["reconstruction_max_abs_error_float64"] = reconstruction_error(model, test, dtype=torch.float64)
     return result
 
 
@@ -247,17 +257,27 @@ def publish(run: str | os.PathLike, name: str, dataset: str = "fashion-mnist",
     info = dict(record["info"])
     info.pop("test", None)  # measured again below on the stored (possibly fp16) weights
     info["history"] = read_history(run)
-    info["parameters"] = sum(p.numel() for p in trained.parameters())
+    info["parameters"] = sum(p.numel() for p in trained.parameters() if p.requires_grad)
     info["zoo_name"] = name
     if (dataset, name) in ZOO:
         info["train_command"] = "python " + " ".join(entry(dataset, name).command("OUT"))
-    checkpoints.save(stored, dest, env=record["environment"], **info)
-    shipped = checkpoints.load(dest, device="cpu")
-    if test is None:
-        test = data.load(dataset)[2]
-    info["test"] = evaluate_model(shipped, test)
-    info["test"]["torch_threads"] = torch.get_num_threads()
-    return _rewrite_info(dest, info)
+    # Write and evaluate in a scratch folder next to the destination, then move the weights and (last,
+    # the commit point) the manifest into place: an interrupted publish leaves the old model intact.
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".publish-{name}.", dir=dest.parent))
+    try:
+        checkpoints.save(stored, scratch / name, env=record["environment"], **info)
+        shipped = checkpoints.load(scratch / name, device="cpu")
+        if test is None:
+            test = data.load(dataset)[2]
+        info["test"] = evaluate_model(shipped, test)
+        info["test"]["torch_threads"] = torch.get_num_threads()
+        _rewrite_info(scratch / name, info)
+        os.replace(scratch / f"{name}.safetensors", dest.with_name(f"{name}.safetensors"))
+        os.replace(scratch / f"{name}.json", dest.with_name(f"{name}.json"))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return dest.with_name(f"{name}.json")
 
 
 def _rewrite_info(dest: Path, info: dict) -> Path:
@@ -290,11 +310,14 @@ def _mismatches(result: dict) -> list[str]:
             problems.append(f"{key}: manifest {want.get(key)}, measured {got[key]}")
     if "bits_per_dim" in got and round(want.get("bits_per_dim", math.nan), 3) != round(got["bits_per_dim"], 3):
         problems.append(f"bits/dim: manifest {want.get('bits_per_dim')}, measured {got['bits_per_dim']}")
-    f32, f64 = got.get("reconstruction_max_abs_error", 0.0), got.get("reconstruction_max_abs_error_float64")
-    if f32 > RECONSTRUCTION_TOLERANCE and not (f64 is not None and f64 <= RECONSTRUCTION_TOLERANCE):
-        problems.append(f"reconstruction error {f32:.2e} (float32), {f64} (float64) > {RECONSTRUCTION_TOLERANCE}")
-    if (f32 > RECONSTRUCTION_TOLERANCE) != (want.get("reconstruction_max_abs_error", 0.0) > RECONSTRUCTION_TOLERANCE):
-        problems.append(f"float32 reconstruction error {f32:.2e}, manifest {want.get('reconstruction_max_abs_error')}")
+    if "reconstruction_max_abs_error" in got:
+        f32, f64 = got["reconstruction_max_abs_error"], got["reconstruction_max_abs_error_float64"]
+        stated = want.get("reconstruction_max_abs_error", math.nan)
+        if not f64 <= RECONSTRUCTION_TOLERANCE:
+            problems.append(f"not invertible: reconstruction error {f64:.2e} in float64 > {RECONSTRUCTION_TOLERANCE}")
+        # float32 rounding differs between machines and thread counts: only a factor of 10 is a change.
+        if not (max(f32, stated) <= RECONSTRUCTION_TOLERANCE or stated / 10 <= f32 <= 10 * stated):
+            problems.append(f"float32 reconstruction error {f32:.2e}, manifest {stated:.2e}")
     return problems
 
 
@@ -306,7 +329,10 @@ def model_rows(dataset: str = "fashion-mnist", root: str | os.PathLike | None = 
     for name in available(dataset, root):
         manifest = checkpoints.read_manifest(folder / name)
         info = manifest["info"]
-        test = info.get("test", {})
+        test = info.get("test")
+        if not test:
+            raise CheckpointError(f"{manifest['_path']} has no test figures; ship models with "
+                                  f"python -m gclib.zoo publish {name} --run RUN_DIR")
         rows.append({
             "name": name,
             "model": "GC" if manifest["kind"] == "generative" else manifest.get("feedforward", {}).get("arch", "DC"),
@@ -317,6 +343,8 @@ def model_rows(dataset: str = "fashion-mnist", root: str | os.PathLike | None = 
             "test_correct": test.get("correct"),
             "n_test": test.get("n"),
             "bits_per_dim": test.get("bits_per_dim"),
+            "reconstruction_float32": test.get("reconstruction_max_abs_error"),
+            "reconstruction_over_tolerance": test.get("reconstruction_images_over_1e-4"),
             "parameters": info.get("parameters"),
             "train_minutes": round(info["wall_time_s"] / 60, 1) if info.get("wall_time_s") else None,
             "device": info.get("device"),
@@ -356,6 +384,10 @@ def table_rows(rows: list[dict]) -> list[dict]:
             "accuracy_std_pct": round(acc_std, 2) if len(same) > 1 else "",
             "bits_per_dim_mean": round(_mean_std(bpd)[0], 3) if len(bpd) > 1 else "",
             "bits_per_dim_std": round(_mean_std(bpd)[1], 3) if len(bpd) > 1 else "",
+            "reconstruction_error_float32": f"{r['reconstruction_float32']:.1e}"
+            if r["reconstruction_float32"] is not None else "",
+            "reconstruction_images_over_1e-4": r["reconstruction_over_tolerance"]
+            if r["reconstruction_over_tolerance"] is not None else "",
             "parameters": r["parameters"],
             "train_minutes": r["train_minutes"],
             "train_device": f"{r['device']} ({r['threads']} thread{'s' if r['threads'] != 1 else ''})"
@@ -370,8 +402,10 @@ def table_rows(rows: list[dict]) -> list[dict]:
 _MD_HEADERS = {
     "model": "model", "beta": "β", "test_accuracy_pct": "test acc. (%)", "bits_per_dim": "bits/dim",
     "seeds": "seeds", "accuracy_mean_pct": "acc. mean (%)", "accuracy_std_pct": "acc. std",
-    "bits_per_dim_mean": "bits/dim mean", "bits_per_dim_std": "bits/dim std", "parameters": "parameters",
-    "train_minutes": "training (min)", "train_device": "trained on", "epochs": "epochs",
+    "bits_per_dim_mean": "bits/dim mean", "bits_per_dim_std": "bits/dim std",
+    "reconstruction_error_float32": "max. reconstruction error, float32",
+    "reconstruction_images_over_1e-4": "test images with error > 1e-4, float32", "parameters": "parameters",
+    "train_minutes": "training steps (min)", "train_device": "trained on", "epochs": "epochs",
     "paper_imagenet_top1_pct": "paper, ImageNet top-1 (%)",
 }
 
