@@ -133,8 +133,12 @@ def plot_beta_tradeoff(rows: list[dict], paper_top1: dict | None = None):
     return fig
 
 
-def plot_training_curves(histories: dict[str, list[dict]], colors: dict[str, str] | None = None):
-    """Validation accuracy and bits/dim per epoch for each labelled run (rows of a run's ``log.csv``)."""
+def plot_training_curves(histories: dict[str, list[dict]], colors: dict[str, str] | None = None,
+                         accuracy_floor: float | None = None):
+    """Validation accuracy and bits/dim per epoch for each labelled run (rows of a run's ``log.csv``).
+
+    ``accuracy_floor`` cuts the accuracy axis there (runs below it, such as beta = 0, are noted).
+    """
     fig, axes = figure(2, width=3.6)
     ax_acc, ax_bpd = axes[0]
     for label, history in histories.items():
@@ -147,11 +151,18 @@ def plot_training_curves(histories: dict[str, list[dict]], colors: dict[str, str
         ax_acc.plot(epochs, [100 * row["train_accuracy"] for row in history], ":", color=color)
         if history[0].get("val_bits_per_dim") not in (None, ""):
             ax_bpd.plot(epochs, [row["val_bits_per_dim"] for row in history], "-", color=color, label=label)
+    if accuracy_floor is not None:
+        below = [label for label, h in histories.items()
+                 if h and max(100 * r["val_accuracy"] for r in h) < accuracy_floor]
+        ax_acc.set_ylim(bottom=accuracy_floor)
+        if below:
+            ax_acc.annotate(f"below the axis: {', '.join(below)}", (0.98, 0.02), xycoords="axes fraction",
+                            ha="right", fontsize=7)
     ax_acc.set_xlabel("epoch")
     ax_acc.set_ylabel("accuracy (%)")
     ax_acc.set_title("accuracy: validation (solid),\ntraining batches, augmented (dotted)")
-    ax_acc.legend(fontsize=7)
     ax_bpd.set_xlabel("epoch")
     ax_bpd.set_ylabel("validation bits/dim")
     ax_bpd.set_title("density during training")
+    ax_bpd.legend(*ax_acc.get_legend_handles_labels(), fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     return fig

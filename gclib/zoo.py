@@ -256,6 +256,8 @@ def publish(run: str | os.PathLike, name: str, dataset: str = "fashion-mnist",
     dest = Path(root or checkpoint_root()) / dataset / name
     info = dict(record["info"])
     info.pop("test", None)  # measured again below on the stored (possibly fp16) weights
+    if not isinstance(trained, GenerativeClassifier):
+        info["beta"] = None  # older runs recorded the CLI default beta for a ResNet too
     info["history"] = read_history(run)
     info["parameters"] = sum(p.numel() for p in trained.parameters() if p.requires_grad)
     info["zoo_name"] = name

@@ -39,9 +39,9 @@ def test_manifest_records_the_training(name):
     assert len(info["history"]) == info["epochs"]
     # The recipe in gclib.zoo is the one the model was trained with.
     e = zoo.entry(DATASET, name)
-    args = gclib.train._parser().parse_args(e.command("x"))
+    args = gclib.train._parser().parse_args(e.command("x")[2:])
     assert (info["epochs"], info["seed"]) == (args.epochs, args.seed)
-    assert info["beta"] == (e.beta if e.model == "gc" else info["beta"])
+    assert info["beta"] == e.beta  # None for the ResNet
     defaults = gclib.get_config(DATASET).train
     assert info["lr"] == (args.lr or defaults.lr)
     assert info["batch_size"] == (args.batch_size or defaults.batch_size)
