@@ -44,8 +44,8 @@ __all__ = [
 
 
 def __getattr__(name):
-    # gclib.train, gclib.bench and gclib.zoo (with gclib.pretrained) are imported on first use, so that `python -m gclib.train` does not
-    # find the module already imported (runpy warns about that).
+    # gclib.train, gclib.bench and gclib.zoo (with gclib.pretrained) are imported on first use, so that
+    # `python -m gclib.train` does not find the module already imported (runpy warns about that).
     import importlib
 
     if name in ("train", "bench", "zoo"):

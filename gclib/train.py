@@ -415,10 +415,12 @@ def fit(model: nn.Module, train: Dataset, val: Dataset | None = None, *, beta=8.
             break
 
     if out and rank == 0:
-        info = {"beta": beta_label(beta) if generative else None, "seed": seed, "epochs": epochs, "steps": step, "batch_size": batch_size,
-                "lr": base_lr, "optimizer": optimizer_name, "schedule": schedule, "wall_time_s": round(elapsed, 1),
+        info = {"beta": beta_label(beta) if generative else None, "seed": seed, "epochs": epochs, "steps": step,
+                "batch_size": batch_size, "lr": base_lr, "optimizer": optimizer_name, "schedule": schedule,
+                "wall_time_s": round(elapsed, 1),
                 "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
-                "processes": world, "threads": torch.get_num_threads(), "n_train": len(train), "dataset": dataset_name or model.config.name,
+                "processes": world, "threads": torch.get_num_threads(), "n_train": len(train),
+                "dataset": dataset_name or model.config.name,
                 "val": history[-1] if history else None}
         if test is not None:
             info["test"] = evaluate(model, test, device=device)
