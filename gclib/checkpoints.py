@@ -240,7 +240,8 @@ def _load_weights(model, weights: Path, device) -> None:
     try:
         load_model(model, str(weights), strict=True, device=str(device))
     except SafetensorError as err:
-        raise CheckpointError(f"{weights} is not a readable safetensors file ({err}); it is truncated or corrupt") from err
+        raise CheckpointError(f"{weights} is not a readable safetensors file ({err}); "
+                              "it is truncated or corrupt") from err
     except RuntimeError as err:  # missing/unexpected keys or shape mismatch
         raise CheckpointError(
             f"{weights} does not fit a {type(model).__name__} of config {model.config.name!r}: it was saved from "

@@ -304,3 +304,83 @@ def load(name: str = "fashion-mnist", root: str | os.PathLike | None = None, val
     if name == "imagenet":
         return _load_imagenet(root, 10000 if val_size is None else val_size)
     raise DataError(f"unknown dataset {name!r}; known: {', '.join(dataset_names())}")
+
+
+# -- out-of-distribution sets that need no download ------------------------------------------------
+def _quantize(x: Tensor) -> Tensor:
+    # OoD images are put on the same 8-bit grid as Fashion-MNIST, so likelihoods compare like with like.
+    return torch.round(x.clamp(0, 1) * 255) / 255
+
+
+def _resize(x: Tensor, size: tuple[int, int]) -> Tensor:
+    return torch.nn.functional.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+
+
+def _digits(n: int, shape: tuple[int, int, int], generator: torch.Generator) -> Tensor:
+    from sklearn.datasets import load_digits  # shipped with scikit-learn: 1,797 8x8 digits, values 0..16
+
+    images = torch.as_tensor(load_digits().images, dtype=torch.float32)[:, None] / 16
+    index = torch.randperm(len(images), generator=generator)[:n] if n <= len(images) else \
+        torch.randint(len(images), (n,), generator=generator)
+    return _resize(images[index], shape[1:]).expand(-1, shape[0], -1, -1)
+
+
+def _photos(n: int, shape: tuple[int, int, int], generator: torch.Generator) -> Tensor:
+    from sklearn.datasets import load_sample_images  # two 427x640 photos shipped with scikit-learn
+
+    photos = [torch.tensor(img, dtype=torch.float32).permute(2, 0, 1) / 255 for img in load_sample_images().images]
+    crop = 4 * max(shape[1:])  # a 112 px crop of a 640 px photo, shrunk to 28 px: a recognisable patch
+    out = []
+    for i in range(n):
+        photo = photos[i % len(photos)]
+        top = int(torch.randint(photo.shape[1] - crop + 1, (1,), generator=generator))
+        left = int(torch.randint(photo.shape[2] - crop + 1, (1,), generator=generator))
+        patch = photo[:, top:top + crop, left:left + crop]
+        if shape[0] == 1:
+            patch = (0.299 * patch[0] + 0.587 * patch[1] + 0.114 * patch[2])[None]
+        out.append(patch)
+    return _resize(torch.stack(out), shape[1:])
+
+
+def _uniform_noise(n, shape, generator):
+    return torch.rand((n, *shape), generator=generator)
+
+
+def _gaussian_noise(n, shape, generator):
+    return (0.5 + 0.25 * torch.randn((n, *shape), generator=generator)).clamp(0, 1)
+
+
+def _constant(n, shape, generator):
+    return torch.rand((n, 1, 1, 1), generator=generator).expand(n, *shape).clone()
+
+
+OOD_SETS = {
+    "digits": _digits,  # handwritten digits (scikit-learn), upsampled: the classic likelihood failure case
+    "photos": _photos,  # grayscale crops of scikit-learn's sample photos
+    "uniform-noise": _uniform_noise,
+    "gaussian-noise": _gaussian_noise,
+    "constant": _constant,  # one random grey level per image
+}
+
+
+def ood_names() -> list[str]:
+    """Names of the out-of-distribution sets :func:`ood` can make."""
+    return list(OOD_SETS)
+
+
+def ood(name: str, n: int = 1000, shape: tuple[int, int, int] = (1, 28, 28), seed: int = 0) -> Tensor:
+    """``n`` out-of-distribution images ``[n, *shape]`` in [0, 1] on the 8-bit grid, needing no download.
+
+    Args:
+        name: one of :func:`ood_names` (``digits``, ``photos``, ``uniform-noise``, ``gaussian-noise``,
+            ``constant``).
+        n: number of images (digits repeat when ``n`` exceeds the 1,797 shipped with scikit-learn).
+        shape: ``(channels, height, width)`` of the model's input.
+        seed: the draw (same seed, same images).
+    """
+    if name not in OOD_SETS:
+        raise DataError(f"unknown out-of-distribution set {name!r}; choose from {', '.join(OOD_SETS)}")
+    if n < 1:
+        raise DataError(f"n must be >= 1, got {n}")
+    generator = torch.Generator().manual_seed(seed)
+    return _quantize(OOD_SETS[name](n, tuple(shape), generator)).contiguous()

@@ -12,6 +12,7 @@ __all__ = [
     "DataError",
     "CheckpointError",
     "TrainingError",
+    "BookError",
 ]
 
 
@@ -37,3 +38,7 @@ class CheckpointError(GclibError, OSError):
 
 class TrainingError(GclibError, RuntimeError):
     """Training cannot go on, e.g. the loss stayed non-finite; the last good checkpoint is kept."""
+
+
+class BookError(GclibError, RuntimeError):
+    """The book pipeline stopped: an unknown parameter set, a failing notebook or a failing build."""

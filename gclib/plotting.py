@@ -11,7 +11,8 @@ import math
 import os
 from pathlib import Path
 
-__all__ = ["savefig", "figure", "plot_beta_tradeoff", "plot_training_curves", "BETA_COLORS"]
+__all__ = ["savefig", "save_table", "figure", "plot_beta_tradeoff", "plot_training_curves", "plot_gc_vs_dc",
+           "BETA_COLORS"]
 
 FIGURES_ENV = "GCLIB_FIGURES"
 _BETA_ORDER = ["0", "1", "2", "4", "8", "16", "32", "inf"]
@@ -48,6 +49,35 @@ def savefig(fig, fig_id: str, folder: str | os.PathLike | None = None) -> list[P
     fig.savefig(paths[0], metadata={"Software": None})
     fig.savefig(paths[1], metadata={"Date": None})
     return paths
+
+
+def save_table(rows: list[dict], table_id: str, folder: str | os.PathLike | None = None,
+               headers: dict[str, str] | None = None) -> tuple[Path, Path]:
+    """Write ``rows`` (dicts with the same keys) as ``folder/table_id.csv`` and a Markdown ``.md``.
+
+    ``headers`` maps keys to the Markdown column titles (the CSV keeps the keys). Integers of 10,000 and
+    more are written with thousands separators in the Markdown table.
+    """
+    import csv
+
+    if not rows:
+        raise ValueError(f"save_table({table_id!r}): no rows to write")
+    folder = Path(folder or os.environ.get(FIGURES_ENV, "figures"))
+    folder.mkdir(parents=True, exist_ok=True)
+    keys, headers = list(rows[0]), headers or {}
+    csv_path, md_path = folder / f"{table_id}.csv", folder / f"{table_id}.md"
+    with open(csv_path, "w", newline="") as f:
+        writer = csv.DictWriter(f, keys)
+        writer.writeheader()
+        writer.writerows(rows)
+
+    def cell(v):
+        return f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) and v >= 10000 else str(v)
+
+    lines = ["| " + " | ".join(headers.get(k, k) for k in keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(cell(r[k]) for k in keys) + " |" for r in rows]
+    md_path.write_text("\n".join(lines) + "\n")
+    return csv_path, md_path
 
 
 def _beta_x(beta: str) -> int:
@@ -165,4 +195,61 @@ def plot_training_curves(histories: dict[str, list[dict]], colors: dict[str, str
     ax_bpd.set_ylabel("validation bits/dim")
     ax_bpd.set_title("density during training")
     ax_bpd.legend(*ax_acc.get_legend_handles_labels(), fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    return fig
+
+
+def plot_gc_vs_dc(examples: list[dict], class_names: list[str], reference_bpd, bpd_range: tuple[float, float]):
+    """The book's Figure 1: for each input, the DC's posterior beside the GC's class likelihoods.
+
+    Args:
+        examples: one dict per row with ``title``, ``image`` ([C, H, W] in [0, 1]), ``dc_posterior`` ([K]),
+            ``gc_log_likelihoods`` ([K], nats) and ``bits_per_dim`` (the GC's -log2 p(x) per dim).
+        class_names: the K class names.
+        reference_bpd: bits/dim of held-out in-distribution images (the histogram in the last column).
+        bpd_range: their typical range (shaded).
+
+    Columns: the input; the DC's posterior (sums to one); the GC's class likelihoods relative to the most
+    likely class, p(x|y) / max_y p(x|y) (each in [0, 1], they need not sum to one: two classes at 1 is
+    "both"); and where the input's p(x) falls among in-distribution inputs (outside the band: "neither").
+    """
+    import numpy as np
+    import torch
+
+    plt = _plt()
+    n = len(examples)
+    fig, axes = plt.subplots(n, 4, figsize=(11.5, 2.3 * n), squeeze=False, layout="constrained",
+                             gridspec_kw={"width_ratios": [0.8, 1.6, 1.6, 1.5]})
+    ks = np.arange(len(class_names))
+    ref = np.asarray(reference_bpd, dtype=float)
+    low, high = bpd_range
+    all_bpd = np.concatenate([ref, [float(e["bits_per_dim"]) for e in examples]])
+    bins = np.linspace(min(all_bpd.min(), low) - 0.2, max(all_bpd.max(), high) + 0.2, 60)
+    for row, ex in zip(axes, examples):
+        img = torch.as_tensor(ex["image"]).float()
+        row[0].imshow(img.permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray", vmin=0, vmax=1)
+        row[0].set_xticks([]), row[0].set_yticks([]), row[0].grid(False)
+        row[0].set_title(ex["title"], fontsize=9)
+        dc = torch.as_tensor(ex["dc_posterior"]).float().numpy()
+        row[1].bar(ks, dc, color=DC_COLOR)
+        row[1].set_ylim(0, 1.05)
+        row[1].set_ylabel("DC: p(y|x)")
+        ll = torch.as_tensor(ex["gc_log_likelihoods"]).double()
+        rel = torch.exp(ll - ll.max()).numpy()
+        row[2].bar(ks, rel, color=BETA_COLORS["8"])
+        row[2].set_ylim(0, 1.05)
+        row[2].set_ylabel("GC: p(x|y) / max p(x|y)")
+        for ax in row[1:3]:
+            ax.set_xticks(ks, class_names, rotation=60, ha="right", fontsize=7)
+            ax.grid(axis="x", visible=False)
+        top = dc.argmax()
+        row[1].text(top, min(dc[top] + 0.02, 0.98), f"{dc[top]:.2f}", ha="center", va="bottom", fontsize=7)
+        row[3].hist(ref, bins=bins, color=PAPER_COLOR, alpha=0.6)
+        row[3].axvspan(low, high, color=BETA_COLORS["8"], alpha=0.12, lw=0)
+        bpd = float(ex["bits_per_dim"])
+        typical = low <= bpd <= high
+        row[3].axvline(bpd, color="black" if typical else DC_COLOR, lw=2)
+        row[3].set_yticks([])
+        row[3].set_xlabel("GC: bits/dim of the input (lower = more likely)", fontsize=8)
+        row[3].set_title(f"{bpd:.2f} bits/dim: {'typical' if typical else 'atypical'}", fontsize=8,
+                         color="black" if typical else DC_COLOR)
     return fig

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
 import json
 import math
 import os
@@ -414,22 +413,9 @@ _MD_HEADERS = {
 
 def write_table(rows: list[dict], folder: str | os.PathLike, stem: str = "table_models") -> tuple[Path, Path]:
     """Write ``rows`` as ``folder/stem.csv`` and a Markdown table ``folder/stem.md``."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    keys = list(rows[0])
-    csv_path, md_path = folder / f"{stem}.csv", folder / f"{stem}.md"
-    with open(csv_path, "w", newline="") as f:
-        writer = csv.DictWriter(f, keys)
-        writer.writeheader()
-        writer.writerows(rows)
+    from . import plotting
 
-    def cell(v):
-        return f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) and v >= 10000 else str(v)
-
-    lines = ["| " + " | ".join(_MD_HEADERS.get(k, k) for k in keys) + " |", "|" + "---|" * len(keys)]
-    lines += ["| " + " | ".join(cell(r[k]) for k in keys) + " |" for r in rows]
-    md_path.write_text("\n".join(lines) + "\n")
-    return csv_path, md_path
+    return plotting.save_table(rows, stem, folder, headers=_MD_HEADERS)
 
 
 # -- CLI ------------------------------------------------------------------------------------------

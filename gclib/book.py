@@ -1,0 +1,240 @@
+"""The book pipeline: every notebook run with papermill under a named parameter set, then the Jupyter Book.
+
+The notebooks in ``notebooks/`` are jupytext percent-format sources. A *parameter set* (``paper``: the
+full figures from the shipped models; ``smoke``: tiny, for the tests) in ``notebooks/params.yml`` lists
+the runs in order: which notebook, the name of its executed copy and its parameters::
+
+    python -m gclib.book run --params paper      # notebooks -> book/executed/, figures -> figures/
+    python -m gclib.book build                   # jupyter-book build . (warnings are errors) -> _build/html
+    python -m gclib.book all --params smoke --root /tmp/book --figures /tmp/book/figures
+
+A notebook that fails stops the pipeline with a :class:`~gclib.errors.BookError` that names the notebook,
+the run and the failing cell; its executed copy (with the traceback) stays in the executed folder.
+The cells tagged ``parameters`` and papermill's ``injected-parameters`` are collapsed in the book.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .errors import BookError
+
+__all__ = ["REPO", "parameter_sets", "runs", "run_notebooks", "build", "copy_sources", "main"]
+
+REPO = Path(__file__).resolve().parent.parent
+PARAMS_FILE = REPO / "notebooks" / "params.yml"
+EXECUTED = "book/executed"
+# Book sources copied by copy_sources(): everything Jupyter Book reads except the executed notebooks.
+BOOK_SOURCES = ("_config.yml", "_toc.yml", "book")
+HIDDEN_TAGS = {"parameters", "injected-parameters"}
+
+
+def parameter_sets(path: str | os.PathLike = PARAMS_FILE) -> dict[str, list[dict]]:
+    """The named parameter sets of ``notebooks/params.yml``: ``{name: [run, ...]}``."""
+    import yaml
+
+    with open(path) as f:
+        sets = yaml.safe_load(f)
+    if not isinstance(sets, dict):
+        raise BookError(f"{path}: expected a mapping from parameter-set names to lists of runs")
+    return sets
+
+
+def runs(params: str, only: list[str] | None = None, path: str | os.PathLike = PARAMS_FILE) -> list[dict]:
+    """The runs of parameter set ``params`` (restricted to the run names or notebooks in ``only``)."""
+    sets = parameter_sets(path)
+    if params not in sets:
+        raise BookError(f"unknown parameter set {params!r}; {path} defines {', '.join(sets)}")
+    selected = []
+    for run in sets[params]:
+        run = {"parameters": {}, **run}
+        run.setdefault("name", run["notebook"])
+        if not (REPO / "notebooks" / f"{run['notebook']}.py").is_file():
+            raise BookError(f"parameter set {params!r} names notebook {run['notebook']!r}, "
+                            f"but notebooks/{run['notebook']}.py does not exist")
+        if only and run["name"] not in only and run["notebook"] not in only:
+            continue
+        selected.append(run)
+    if only and not selected:
+        raise BookError(f"--only {' '.join(only)} matches no run of parameter set {params!r}")
+    return selected
+
+
+def _declared_parameters(nb) -> set[str]:
+    import ast
+
+    for cell in nb.cells:
+        if cell.cell_type == "code" and "parameters" in cell.metadata.get("tags", []):
+            tree = ast.parse(cell.source)
+            return {t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets
+                    if isinstance(t, ast.Name)}
+    raise BookError("the notebook has no cell tagged 'parameters'")
+
+
+def _hide_parameter_cells(path: Path) -> None:
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        tags = cell.metadata.setdefault("tags", [])
+        if HIDDEN_TAGS & set(tags) and "hide-cell" not in tags:
+            tags.append("hide-cell")
+    nbformat.write(nb, path)
+
+
+def run_notebooks(params: str = "paper", executed: str | os.PathLike | None = None,
+                  figures: str | os.PathLike | None = None, work: str | os.PathLike | None = None,
+                  only: list[str] | None = None, log=print) -> list[dict]:
+    """Execute the runs of parameter set ``params``; return one ``{name, notebook, seconds}`` per run.
+
+    Args:
+        params: the parameter set's name in ``notebooks/params.yml``.
+        executed: folder of the executed notebooks (default: the repository's ``book/executed``).
+        figures: passed as the ``figures`` parameter to every notebook that declares it
+            (default: the repository's ``figures/``).
+        work: notebooks that declare ``out`` write their runs to ``work/runs``
+            (default: ``runs/book-<params>``).
+        only: run names or notebook names to run (default: all).
+        log: where progress lines go.
+
+    Raises:
+        BookError: a notebook failed; the message names it, its run and the failing cell.
+    """
+    import jupytext
+    import nbformat
+    import papermill
+
+    executed = Path(executed or REPO / EXECUTED)
+    figures = Path(figures or REPO / "figures")
+    work = Path(work or REPO / "runs" / f"book-{params}")
+    executed.mkdir(parents=True, exist_ok=True)
+    selected = runs(params, only)
+    env_before = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"  # the kernels inherit it: no progress bars in the book's outputs
+    timings = []
+    try:
+        for i, run in enumerate(selected, 1):
+            source_py = REPO / "notebooks" / f"{run['notebook']}.py"
+            nb = jupytext.read(source_py)
+            declared = _declared_parameters(nb)
+            parameters = dict(run["parameters"])
+            if "figures" in declared:
+                parameters.setdefault("figures", str(figures))
+            if "out" in declared:
+                parameters.setdefault("out", str(work / "runs"))
+            unknown = set(parameters) - declared
+            if unknown:
+                raise BookError(f"parameter set {params!r}, run {run['name']!r}: notebooks/{run['notebook']}.py "
+                                f"has no parameter {', '.join(sorted(unknown))} (it declares "
+                                f"{', '.join(sorted(declared))})")
+            source = executed / f"{run['notebook']}.source.ipynb"
+            output = executed / f"{run['name']}.ipynb"
+            nbformat.write(nb, source)
+            shown = " ".join(f"{k}={v}" for k, v in run["parameters"].items())
+            log(f"[{i}/{len(selected)}] notebooks/{run['notebook']}.py -> {output}  {shown}".rstrip())
+            start = time.perf_counter()
+            try:
+                papermill.execute_notebook(str(source), str(output), parameters=parameters, kernel_name="python3",
+                                           cwd=str(REPO), progress_bar=False, log_output=False)
+            except papermill.PapermillExecutionError as err:
+                raise BookError(
+                    f"notebook notebooks/{run['notebook']}.py (run {run['name']!r}, parameter set {params!r}) "
+                    f"failed in cell {err.exec_count} (cell index {err.cell_index}): {err.ename}: {err.evalue}\n"
+                    f"The executed notebook with the full traceback: {output}") from None
+            seconds = time.perf_counter() - start
+            _hide_parameter_cells(output)
+            timings.append({"name": run["name"], "notebook": run["notebook"], "seconds": round(seconds, 1)})
+            log(f"      {seconds:.1f} s")
+    finally:
+        if env_before is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = env_before
+    (executed / f"timings-{params}.json").write_text(json.dumps(timings, indent=1) + "\n")
+    log(f"{len(timings)} notebooks in {sum(t['seconds'] for t in timings):.0f} s (parameter set {params!r})")
+    return timings
+
+
+def copy_sources(root: str | os.PathLike) -> Path:
+    """Copy the book's sources (``_config.yml``, ``_toc.yml``, ``book/`` without executed notebooks) to ``root``.
+
+    Used to build the book from another set of executed notebooks (the tests' ``smoke`` run) without
+    touching the repository's ``book/executed``.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    for name in BOOK_SOURCES:
+        src, dst = REPO / name, root / name
+        if src.is_dir():
+            shutil.copytree(src, dst, dirs_exist_ok=True, ignore=shutil.ignore_patterns("executed", "__pycache__"))
+        else:
+            shutil.copy2(src, dst)
+    return root
+
+
+def build(root: str | os.PathLike | None = None, strict: bool = True, log=print) -> Path:
+    """``jupyter-book build root`` with warnings as errors; returns ``root/_build/html``.
+
+    Raises:
+        BookError: the build failed or warned; the message has the build's last lines.
+    """
+    root = Path(root or REPO)
+    missing = [p for p in ("_config.yml", "_toc.yml") if not (root / p).is_file()]
+    if missing:
+        raise BookError(f"{root} is not a book: {', '.join(missing)} missing")
+    exe = Path(sys.executable).with_name("jupyter-book")
+    cmd = [str(exe) if exe.exists() else "jupyter-book", "build", str(root), "--all"]
+    if strict:
+        cmd += ["--warningiserror", "--keep-going"]
+    log(" ".join(cmd))
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-40:])
+        raise BookError(f"jupyter-book build {root} failed (warnings are errors):\n{tail}")
+    html = root / "_build" / "html"
+    log(f"book built in {time.perf_counter() - start:.1f} s: {html / 'book' / 'intro.html'}")
+    return html
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m gclib.book", description="Run the notebooks with papermill "
+                                "under a named parameter set and build the Jupyter Book.")
+    p.add_argument("command", choices=["run", "build", "all", "list"],
+                   help="run: execute the notebooks; build: jupyter-book build; all: both; list: the runs")
+    p.add_argument("--params", default="paper", help="parameter set in notebooks/params.yml (paper, smoke)")
+    p.add_argument("--only", nargs="+", help="run only these runs or notebooks")
+    p.add_argument("--root", help="build the book in this folder (default: the repository); with 'run' or "
+                   "'all', the book sources are copied there and the notebooks executed into ROOT/book/executed")
+    p.add_argument("--figures", help="output folder for figures and tables (default: figures/)")
+    p.add_argument("--work", help="folder for training runs made by notebooks (default: runs/book-PARAMS)")
+    args = p.parse_args(argv)
+    try:
+        if args.command == "list":
+            for run in runs(args.params, args.only):
+                print(f"{run['name']:24s} notebooks/{run['notebook']}.py  {run['parameters']}")
+            return 0
+        root = Path(args.root) if args.root else None
+        if root is not None and root.resolve() != REPO:
+            copy_sources(root)
+        if args.command in ("run", "all"):
+            figures = args.figures or ((root / "figures") if root else None)
+            run_notebooks(args.params, executed=(root / EXECUTED) if root else None, figures=figures,
+                          work=args.work, only=args.only)
+        if args.command in ("build", "all"):
+            build(root)
+    except BookError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""What a generative classifier can show that a feed-forward one cannot: functions, tensors in, tensors out.
+
+A GC gives, for every input, the class log-likelihoods log p(x|y). From them come both the class
+posterior p(y|x) (which a DC gives too, and which must sum to one) and the input's own density
+log p(x), which says whether the input looks like the training data at all. The functions here
+compute these outputs in batches and pick the examples of the book's Figure 1
+(``fig_gc_vs_dc_outputs``) by stated rules.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from .errors import InputError
+from .model import nats_to_bits_per_dim
+
+__all__ = ["gc_outputs", "dc_posterior", "typical_range", "atypical_fraction", "summary_row", "pick_examples",
+           "most_confident", "SUMMARY_HEADERS"]
+
+SUMMARY_HEADERS = {"inputs": "inputs", "n": "n", "gc_atypical_pct": "GC: outside the typical range (%)",
+                   "gc_bpd_median": "GC: median bits/dim", "dc_max_softmax_median": "DC: median max-softmax"}
+
+
+def _batches(x: Tensor, batch_size: int):
+    if not isinstance(x, Tensor) or x.dim() != 4 or len(x) == 0:
+        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise InputError(f"expected a non-empty batch of images [N, C, H, W], got {shape}")
+    if batch_size < 1:
+        raise InputError(f"batch_size must be >= 1, got {batch_size}")
+    return x.split(batch_size)
+
+
+@torch.no_grad()
+def gc_outputs(model, x: Tensor, batch_size: int = 500) -> dict[str, Tensor]:
+    """A GC's outputs for images ``x`` [N, C, H, W] in [0, 1], on the CPU.
+
+    Returns:
+        dict with ``log_likelihoods`` (log p(x|y), [N, C], nats), ``posterior`` (p(y|x), [N, C], rows sum
+        to one), ``bits_per_dim`` (-log2 p(x) per dim on the 8-bit scale, [N]; lower is more likely)
+        and ``prediction`` ([N], int64).
+    """
+    cll = torch.cat([model.class_log_likelihoods(b.to(model.device)).float().cpu()
+                     for b in _batches(x, batch_size)])
+    log_prior = model.head.log_prior.float().cpu()
+    log_px = torch.logsumexp(cll + log_prior, dim=1)
+    return {"log_likelihoods": cll, "posterior": torch.softmax(cll + log_prior, dim=1),
+            "bits_per_dim": nats_to_bits_per_dim(log_px, model.n_dims), "prediction": cll.argmax(1)}
+
+
+@torch.no_grad()
+def dc_posterior(model, x: Tensor, batch_size: int = 500) -> Tensor:
+    """Softmax posterior p(y|x) [N, C] of a feed-forward classifier (or a GC's logits), on the CPU."""
+    return torch.cat([torch.softmax(model(b.to(model.device)).float(), dim=1).cpu()
+                      for b in _batches(x, batch_size)])
+
+
+def typical_range(bits_per_dim: Tensor, coverage: float = 0.99) -> tuple[float, float]:
+    """The central ``coverage`` interval of held-out in-distribution bits/dim: ``(low, high)``.
+
+    An input whose bits/dim falls outside it is atypical for the training distribution (a two-sided
+    typicality test; too likely is as suspicious as too unlikely, e.g. for constant images).
+    """
+    if not 0 < coverage < 1:
+        raise InputError(f"coverage must be in (0, 1), got {coverage}")
+    values = torch.as_tensor(bits_per_dim, dtype=torch.float64).flatten()
+    if values.numel() < 2 or not torch.isfinite(values).all():
+        raise InputError("typical_range needs at least two finite bits/dim values")
+    tail = (1 - coverage) / 2
+    low, high = torch.quantile(values, torch.tensor([tail, 1 - tail], dtype=torch.float64)).tolist()
+    return low, high
+
+
+def atypical_fraction(bits_per_dim: Tensor, bpd_range: tuple[float, float]) -> float:
+    """Fraction of inputs whose bits/dim fall outside ``bpd_range`` (the GC's "agrees with neither")."""
+    bpd = torch.as_tensor(bits_per_dim)
+    return float(((bpd < bpd_range[0]) | (bpd > bpd_range[1])).double().mean())
+
+
+def summary_row(name: str, gc: dict[str, Tensor], dc_post: Tensor, bpd_range: tuple[float, float]) -> dict:
+    """One row of the inputs table: how often the GC calls a set atypical, and the DC's median confidence."""
+    return {"inputs": name, "n": len(dc_post),
+            "gc_atypical_pct": round(100 * atypical_fraction(gc["bits_per_dim"], bpd_range), 1),
+            "gc_bpd_median": round(float(gc["bits_per_dim"].median()), 3),
+            "dc_max_softmax_median": round(float(dc_post.max(1).values.median()), 3)}
+
+
+def pick_examples(gc: dict[str, Tensor], labels: Tensor, bpd_range: tuple[float, float],
+                  min_confidence: float = 0.99) -> dict[str, int]:
+    """Indices of Figure 1's normal and ambiguous test images, chosen by fixed rules (no hand-picking).
+
+    - ``normal``: a test image the GC classifies correctly with posterior >= ``min_confidence`` and
+      typical bits/dim; of these, the one whose bits/dim is closest to the median of the typical range.
+    - ``ambiguous``: a test image with typical bits/dim whose two most likely classes include its label;
+      the one whose two largest posteriors are closest to each other.
+
+    The unrelated inputs are chosen with :func:`most_confident`.
+
+    Args:
+        gc: :func:`gc_outputs` of the test images.
+        labels: their labels [N].
+        bpd_range: :func:`typical_range` of held-out in-distribution images.
+        min_confidence: the posterior a "normal" example needs.
+
+    Raises:
+        InputError: no test image meets a rule (e.g. a model that is never confident).
+    """
+    low, high = bpd_range
+    bpd, post = gc["bits_per_dim"], gc["posterior"]
+    typical = (bpd >= low) & (bpd <= high)
+    top2 = post.topk(2, dim=1)
+    correct = gc["prediction"] == labels
+    normal = typical & correct & (top2.values[:, 0] >= min_confidence)
+    if not normal.any():
+        raise InputError(f"no test image is classified correctly with posterior >= {min_confidence} and typical "
+                         "bits/dim; lower min_confidence")
+    middle = (low + high) / 2
+    i_normal = int(torch.where(normal, (bpd - middle).abs(), torch.full_like(bpd, math.inf)).argmin())
+    label_in_top2 = (top2.indices == labels[:, None]).any(1)
+    ambiguous = typical & label_in_top2
+    if not ambiguous.any():
+        raise InputError("no typical test image has its label among the two most likely classes")
+    gap = top2.values[:, 0] - top2.values[:, 1]
+    i_ambiguous = int(torch.where(ambiguous, gap, torch.full_like(gap, math.inf)).argmin())
+    return {"normal": i_normal, "ambiguous": i_ambiguous}
+
+
+def most_confident(posterior: Tensor) -> int:
+    """Index of the input with the largest max-posterior: the DC's most confident answer on a set.
+
+    Figure 1 takes each unrelated input by this rule: the input on which the DC is most sure of itself,
+    whatever the GC says about it.
+    """
+    return int(torch.as_tensor(posterior).max(1).values.argmax())
