@@ -400,7 +400,7 @@ def table_rows(rows: list[dict]) -> list[dict]:
     return out
 
 
-_MD_HEADERS = {
+TABLE_HEADERS = {
     "model": "model", "beta": "β", "test_accuracy_pct": "test acc. (%)", "bits_per_dim": "bits/dim",
     "seeds": "seeds", "accuracy_mean_pct": "acc. mean (%)", "accuracy_std_pct": "acc. std",
     "bits_per_dim_mean": "bits/dim mean", "bits_per_dim_std": "bits/dim std",
@@ -415,7 +415,7 @@ def write_table(rows: list[dict], folder: str | os.PathLike, stem: str = "table_
     """Write ``rows`` as ``folder/stem.csv`` and a Markdown table ``folder/stem.md``."""
     from . import plotting
 
-    return plotting.save_table(rows, stem, folder, headers=_MD_HEADERS)
+    return plotting.save_table(rows, stem, folder, headers=TABLE_HEADERS)
 
 
 # -- CLI ------------------------------------------------------------------------------------------

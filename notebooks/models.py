@@ -24,7 +24,9 @@ figures = "figures"  # output folder for figures and tables
 checkpoints = None  # None: the repository's checkpoints/ (or $GCLIB_CHECKPOINTS)
 
 # %%
+import pandas as pd
 from IPython.display import Markdown, display
+from myst_nb import glue
 
 from gclib import plotting, zoo
 
@@ -35,6 +37,25 @@ if not rows:
 table = zoo.table_rows(rows)
 csv_path, md_path = zoo.write_table(table, figures)
 display(Markdown(md_path.read_text()))
+# For the book: the table, and the numbers its prose cites (myst-nb glue, never retyped).
+glue("table_models", pd.DataFrame(table).rename(columns=zoo.TABLE_HEADERS).fillna(""), display=False)
+for r in table:
+    key = f"beta_{r['beta']}" if r["beta"] != "" else "resnet"
+    glue(f"acc_{key}", r["test_accuracy_pct"], display=False)
+    if r["bits_per_dim"] != "":
+        glue(f"bpd_{key}", r["bits_per_dim"], display=False)
+    if r["accuracy_mean_pct"] != "":
+        glue(f"acc_mean_{key}", r["accuracy_mean_pct"], display=False)
+        glue(f"acc_std_{key}", r["accuracy_std_pct"], display=False)
+glue("n_models", len(rows), display=False)
+by_beta = {r["beta"]: r for r in table if r["beta"] != ""}
+if "1" in by_beta and "inf" in by_beta:
+    glue("gap_inf_1", round(by_beta["inf"]["test_accuracy_pct"] - by_beta["1"]["test_accuracy_pct"], 2), display=False)
+    paper = zoo.PAPER_IMAGENET_TOP1
+    glue("paper_gap_inf_1", round(paper["inf"] - paper["1"], 2), display=False)
+if "inf" in by_beta:
+    glue("recon_beta_inf", by_beta["inf"]["reconstruction_error_float32"], display=False)
+glue("acc_best_gc", max(r["test_accuracy_pct"] for r in by_beta.values()), display=False)
 
 # %% [markdown]
 # The trade-off: small β weights the density (bits/dim) more, large β the classification. The middle
@@ -43,6 +64,7 @@ display(Markdown(md_path.read_text()))
 # %%
 fig = plotting.plot_beta_tradeoff(rows, paper_top1=zoo.PAPER_IMAGENET_TOP1)
 plotting.savefig(fig, "fig_beta_tradeoff", figures)
+glue("fig_beta_tradeoff", fig, display=False)
 
 # %% [markdown]
 # Training curves of the released models (seed 0). The accuracy axis starts at 75 %: β = 0 trains
@@ -54,3 +76,4 @@ released = {f"β={b}": gc_rows[b]["history"] for b in zoo.BETAS if b in gc_rows}
 colors = {f"β={b}": c for b, c in plotting.BETA_COLORS.items()}
 fig = plotting.plot_training_curves(released, colors, accuracy_floor=75)
 plotting.savefig(fig, "fig_training_curves", figures)
+glue("fig_training_curves", fig, display=False)
