@@ -4,12 +4,12 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 FM_DEB := /usr/share/datasets/fashion-mnist
 
-.PHONY: help setup data test book models retrain-zoo quick-model bench clean
-NB_OUT ?= book/executed
-BETAS := 0 1 2 4 8 16 32 inf
-# jupytext turns a notebook source (.py) into an .ipynb; papermill runs it with parameters.
-NOTEBOOK = $(BIN)/jupytext --quiet --to ipynb -o $(NB_OUT)/$(1).source.ipynb notebooks/$(1).py && \
-  $(BIN)/papermill --log-level WARNING -k python3 $(NB_OUT)/$(1).source.ipynb $(NB_OUT)/$(2).ipynb
+.PHONY: help setup data browser test book book-smoke notebooks models retrain-zoo quick-model bench clean
+BOOK := $(BIN)/python -m gclib.book
+# Installs a Debian package when it is missing: as root, with sudo, or says what to run.
+APT_INSTALL = if [ "$$(id -u)" -eq 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(1); \
+  elif command -v sudo >/dev/null; then sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(1); \
+  else echo "missing: run 'apt-get install $(1)' as root"; exit 1; fi
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -35,25 +35,31 @@ data:  ## install Fashion-MNIST from Debian (dataset-fashion-mnist) unless GCLIB
 	elif command -v sudo >/dev/null; then sudo apt-get update -qq && sudo apt-get install -y -qq dataset-fashion-mnist; \
 	else echo "Fashion-MNIST missing: run 'apt-get install dataset-fashion-mnist' as root, or set GCLIB_DATA to a folder with the IDX files"; exit 1; fi
 
-test: setup data  ## run the test suite (CPU)
+browser:  ## install Debian's chromium for the tests' browser check (unless CHROMIUM points to one)
+	@if [ -n "$$CHROMIUM" ] || command -v chromium >/dev/null; then exit 0; fi; $(call APT_INSTALL,chromium)
+
+test: setup data browser  ## run the test suite (CPU): includes every notebook (smoke), the book build and a browser check
 	$(BIN)/python -m pytest
 
 quick-model: setup data  ## train a beta=8 GC on Fashion-MNIST (1 epoch, CPU) and print its test accuracy
 	$(BIN)/python -m gclib.train --config fashion-mnist --beta 8 --epochs 1 --out runs/quick --resume --eval-test
 
-models: setup data  ## run the training notebook once per beta (shipped models) and the zoo notebook: figures/table_models, fig_beta_tradeoff
-	@mkdir -p $(NB_OUT)
-	@for b in $(BETAS); do echo "notebooks/train_model.py, beta=$$b"; \
-	  $(call NOTEBOOK,train_model,train_model_beta-$$b) -p beta $$b || { echo "notebook train_model (beta=$$b) failed: see $(NB_OUT)/train_model_beta-$$b.ipynb"; exit 1; }; done
-	@echo "notebooks/models.py"; $(call NOTEBOOK,models,models) || { echo "notebook models failed: see $(NB_OUT)/models.ipynb"; exit 1; }
+book: setup data  ## THE main job: run every notebook with the "paper" parameters and build the book into _build/html
+	$(BOOK) all --params paper
+
+book-smoke: setup data  ## the same with the tiny "smoke" parameters, in _build/smoke (figures in _build/smoke/figures)
+	$(BOOK) all --params smoke --root _build/smoke
+
+notebooks: setup data  ## only run the notebooks ("paper"): figures/ and book/executed/, no book build
+	$(BOOK) run --params paper
+
+models: setup data  ## only the model-zoo notebooks: table_models, fig_beta_tradeoff, fig_training_curves
+	$(BOOK) run --params paper --only train_model models
 
 retrain-zoo: setup data  ## retrain every zoo model on this machine and ship it to checkpoints/ (hours on a CPU)
 	@for name in $$($(BIN)/python -c "from gclib import zoo; print(' '.join(e.name for e in zoo.entries('fashion-mnist')))"); do \
 	  $(BIN)/python -m gclib.zoo train $$name --out runs/zoo/$$name --resume && \
 	  $(BIN)/python -m gclib.zoo publish $$name --run runs/zoo/$$name || exit 1; done
-
-book: models  ## build the book (for now: the model-zoo notebooks and figures; the Jupyter Book comes with its issue)
-	@echo "figures and tables in figures/, executed notebooks in $(NB_OUT)/"
 
 bench: setup data  ## throughput and memory benchmark of the fashion-mnist config
 	$(BIN)/python -m gclib.bench --config fashion-mnist --json runs/bench.json

@@ -91,7 +91,8 @@ def _hide_parameter_cells(path: Path) -> None:
 
 def run_notebooks(params: str = "paper", executed: str | os.PathLike | None = None,
                   figures: str | os.PathLike | None = None, work: str | os.PathLike | None = None,
-                  only: list[str] | None = None, log=print) -> list[dict]:
+                  only: list[str] | None = None, log=print,
+                  params_file: str | os.PathLike = PARAMS_FILE) -> list[dict]:
     """Execute the runs of parameter set ``params``; return one ``{name, notebook, seconds}`` per run.
 
     Args:
@@ -103,6 +104,7 @@ def run_notebooks(params: str = "paper", executed: str | os.PathLike | None = No
             (default: ``runs/book-<params>``).
         only: run names or notebook names to run (default: all).
         log: where progress lines go.
+        params_file: the YAML file that defines the parameter sets.
 
     Raises:
         BookError: a notebook failed; the message names it, its run and the failing cell.
@@ -115,7 +117,7 @@ def run_notebooks(params: str = "paper", executed: str | os.PathLike | None = No
     figures = Path(figures or REPO / "figures")
     work = Path(work or REPO / "runs" / f"book-{params}")
     executed.mkdir(parents=True, exist_ok=True)
-    selected = runs(params, only)
+    selected = runs(params, only, params_file)
     env_before = os.environ.get("TQDM_DISABLE")
     os.environ["TQDM_DISABLE"] = "1"  # the kernels inherit it: no progress bars in the book's outputs
     timings = []

@@ -188,7 +188,7 @@ RECONSTRUCTION_TOLERANCE = 1e-4
 @torch.no_grad()
 def reconstruction_errors(model: GenerativeClassifier, dataset, batch_size: int = EVAL_BATCH,
                           dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Per image max |f^-1(f(x)) - x| over ``dataset`` (images in [0, 1]), [N], computed in the
+    """Per image ``max |f^-1(f(x)) - x|`` over ``dataset`` (images in [0, 1]), [N], computed in the
     model's dtype or in ``dtype`` (on a copy of the model, e.g. ``torch.float64``)."""
     if dtype is not None and dtype != model.head.mu_fc.dtype:
         model = copy.deepcopy(model).to(dtype)
@@ -202,7 +202,7 @@ def reconstruction_errors(model: GenerativeClassifier, dataset, batch_size: int 
 
 def reconstruction_error(model: GenerativeClassifier, dataset, batch_size: int = EVAL_BATCH,
                          dtype: torch.dtype | None = None) -> float:
-    """max |f^-1(f(x)) - x| over the whole ``dataset``."""
+    """``max |f^-1(f(x)) - x|`` over the whole ``dataset``."""
     return float(reconstruction_errors(model, dataset, batch_size, dtype).max())
 
 
@@ -210,7 +210,7 @@ def evaluate_model(model, test) -> dict:
     """The published figures of a model on the test set, computed as the tests recompute them.
 
     Accuracy on the clean images, bits/dim on images dequantized with noise seeded with ``EVAL_SEED``,
-    batches of ``EVAL_BATCH``; for a GC also the reconstruction error max |f^-1(f(x)) - x|, in float32
+    batches of ``EVAL_BATCH``; for a GC also the reconstruction error ``max |f^-1(f(x)) - x|``, in float32
     (what a user gets) and in float64 (whether the weights define an invertible map at all). The two
     differ where the flow is badly conditioned: at beta = inf nothing in the loss stops the flow from
     contracting the latent dims the classes do not use, and float32 can no longer invert it.

@@ -1,0 +1,101 @@
+"""The book pipeline: every notebook under the smoke parameters, the strict Jupyter Book build, a real browser."""
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("papermill")
+pytest.importorskip("jupyter_book")
+
+import nbformat  # noqa: E402
+
+from gclib import book  # noqa: E402
+from gclib.errors import BookError  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+# Every figure and table id the built notebooks write (the README's table marks the others "not yet built").
+BUILT_IDS = ["table_models", "fig_beta_tradeoff", "fig_training_curves", "table_architectures", "fig_gc_vs_dc_outputs"]
+
+
+@pytest.fixture(scope="module")
+def smoke_book(tmp_path_factory):
+    root = tmp_path_factory.mktemp("book")
+    book.copy_sources(root)
+    timings = book.run_notebooks("smoke", executed=root / book.EXECUTED, figures=root / "figures",
+                                 work=root / "work", log=lambda *a: None)
+    html = book.build(root, log=lambda *a: None)
+    return root, html, timings
+
+
+def test_every_notebook_is_in_both_parameter_sets():
+    sources = {p.stem for p in (ROOT / "notebooks").glob("*.py")}
+    for name in ("paper", "smoke"):
+        assert {r["notebook"] for r in book.runs(name)} == sources, name
+
+
+def test_unknown_parameter_set_and_parameter_are_clear_errors(tmp_path):
+    with pytest.raises(BookError, match="unknown parameter set 'nope'.*paper"):
+        book.runs("nope")
+    bad = tmp_path / "params.yml"
+    bad.write_text("x:\n  - {notebook: models, parameters: {betta: 3}}\n")
+    with pytest.raises(BookError, match="has no parameter betta"):
+        book.run_notebooks("x", executed=tmp_path, params_file=bad, log=lambda *a: None)
+    bad.write_text("x:\n  - {notebook: no_such_notebook}\n")
+    with pytest.raises(BookError, match="no_such_notebook.py does not exist"):
+        book.runs("x", path=bad)
+
+
+def test_a_failing_notebook_stops_the_pipeline_with_its_name_and_cell(tmp_path):
+    params = tmp_path / "params.yml"
+    params.write_text("x:\n  - {notebook: gc_vs_dc, name: bad, parameters: {beta: '3', n_test: 10}}\n"
+                      "  - {notebook: models, name: never_run}\n")
+    with pytest.raises(BookError) as err:
+        book.run_notebooks("x", executed=tmp_path, figures=tmp_path / "fig", params_file=params, log=lambda *a: None)
+    message = str(err.value)
+    assert "notebooks/gc_vs_dc.py" in message and "run 'bad'" in message and re.search(r"failed in cell \d+", message)
+    assert "beta" in message  # the notebook's own error: no shipped beta=3
+    assert (tmp_path / "bad.ipynb").is_file() and not (tmp_path / "never_run.ipynb").exists()
+
+
+def test_smoke_run_writes_every_built_figure_and_table(smoke_book):
+    root, _, timings = smoke_book
+    assert [t["notebook"] for t in timings] == [r["notebook"] for r in book.runs("smoke")]
+    for fig_id in BUILT_IDS:
+        files = {p.name for p in (root / "figures").glob(f"{fig_id}.*")}
+        expected = {f"{fig_id}.csv", f"{fig_id}.md"} if fig_id.startswith("table_") else {f"{fig_id}.png", f"{fig_id}.svg"}
+        assert expected <= files, (fig_id, files)
+    assert json.loads((root / book.EXECUTED / "timings-smoke.json").read_text()) == timings
+
+
+def test_parameter_cells_are_hidden_in_the_book(smoke_book):
+    root, _, _ = smoke_book
+    for path in (root / book.EXECUTED).glob("*.ipynb"):
+        if path.name.endswith(".source.ipynb"):
+            continue
+        nb = nbformat.read(path, as_version=4)
+        tagged = [c for c in nb.cells if {"parameters", "injected-parameters"} & set(c.metadata.get("tags", []))]
+        assert tagged, path.name
+        assert all("hide-cell" in c.metadata["tags"] for c in tagged), path.name
+
+
+def test_book_has_every_chapter_and_no_unrendered_glue(smoke_book):
+    _, html, _ = smoke_book
+    for page in ("intro", "method", "models", "explainability", "robustness", "scaling", "reproduce", "api",
+                 "executed/models", "executed/gc_vs_dc", "executed/architectures", "executed/train_model_beta-8"):
+        text = (html / "book" / f"{page}.html").read_text()
+        assert "{glue" not in text, page
+    intro = (html / "book" / "intro.html").read_text()
+    assert "fig_gc_vs_dc_outputs.png" in intro
+    assert "gclib.explain.gc_outputs" in (html / "book" / "api.html").read_text()  # the API reference is generated
+
+
+def test_book_in_a_real_browser(smoke_book):
+    browser = pytest.importorskip("tests.browser")
+    if not browser.find_chromium():
+        pytest.skip("no chromium (apt-get install chromium)")
+    _, html, _ = smoke_book
+    problems = browser.check_site(html)
+    assert problems == [], "\n".join(problems)
