@@ -32,7 +32,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, default_collate
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text bars: tqdm.auto needs ipywidgets in notebooks and warns without them
 
 from . import checkpoints
 from .configs import config_names, get_config

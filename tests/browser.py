@@ -38,7 +38,7 @@ import threading
 import time
 from pathlib import Path
 
-__all__ = ["check_site", "pages", "find_chromium", "main"]
+__all__ = ["check_site", "find_chromium", "main", "pages"]
 
 SKIP_DIRS = {"_static", "_sources", "_images", "_downloads"}
 SEARCH_TIMEOUT_S = 20
@@ -73,12 +73,12 @@ def _static_problems(html_dir: Path, rel: str) -> list[str]:
     """``<script src>`` and fetching ``<link href>`` in the page's HTML that point outside the site."""
     text = (html_dir / rel).read_text(encoding="utf-8", errors="replace")
     problems = []
-    for tag in re.findall(r"<(?:script|link)\b[^>]*>", text, flags=re.I):
-        m = re.search(r"""\b(?:src|href)\s*=\s*["']?((?:https?:)?//[^"'\s>]+)""", tag, flags=re.I)
+    for tag in re.findall(r"<(?:script|link)\b[^>]*>", text, flags=re.IGNORECASE):
+        m = re.search(r"""\b(?:src|href)\s*=\s*["']?((?:https?:)?//[^"'\s>]+)""", tag, flags=re.IGNORECASE)
         if not m:
             continue
         if tag.lower().startswith("<link"):
-            rel_attr = re.search(r"""\brel\s*=\s*["']?([^"'>]+)""", tag, flags=re.I)
+            rel_attr = re.search(r"""\brel\s*=\s*["']?([^"'>]+)""", tag, flags=re.IGNORECASE)
             if not rel_attr or rel_attr.group(1).strip().lower() not in FETCHING_RELS:
                 continue
         problems.append(f"{rel}: external resource in the HTML: {m.group(1)}")
@@ -86,7 +86,7 @@ def _static_problems(html_dir: Path, rel: str) -> list[str]:
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format, *args):  # noqa: A002 - the base class's signature
+    def log_message(self, format, *args):
         pass
 
 
@@ -133,25 +133,31 @@ def check_site(html_dir: str | os.PathLike, query: str = "beta", timeout_s: floa
         proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--worker", json.dumps(job)],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 start_new_session=True)
+        killed = False
         try:
             out, err = proc.communicate(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             _kill_group(proc)
-            out, err = proc.communicate()
-            problems.append(f"the browser check did not finish in {timeout_s:.0f} s: killed")
+            killed = True
+            try:
+                out, err = proc.communicate(timeout=10)
+            except subprocess.TimeoutExpired:  # something outside the group holds the pipes: give up on them
+                out, err = "", ""
         worker = []
         for line in out.splitlines():
             try:
                 worker.append(json.loads(line))
             except ValueError:
                 pass
-        problems += [p for p in worker if isinstance(p, str)]
-        if proc.returncode not in (0, None) and not worker:
+        problems += [p for p in dict.fromkeys(worker) if isinstance(p, str)]
+        if killed:
+            problems.append(f"the browser check did not finish in {timeout_s:.0f} s: killed")
+        elif proc.returncode != 0:
             tail = "\n".join(err.strip().splitlines()[-15:])
             problems.append(f"the browser check failed (exit status {proc.returncode}): {tail}")
     finally:
-        if proc is not None and proc.poll() is None:
-            _kill_group(proc)
+        if proc is not None:
+            _kill_group(proc)  # also whatever the worker left behind in its process group
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
@@ -197,6 +203,14 @@ _MATHJAX_DONE_JS = """async (ms) => {
 }"""
 
 
+# Sphinx 7.4's searchtools.js: result links in #search-results ul.search; .search-summary says when it is done.
+_SEARCH_DONE_JS = """() => {
+  if (document.querySelectorAll('#search-results ul.search li a').length > 0) return 'found';
+  const summary = document.querySelector('#search-results .search-summary');
+  return summary && /did not match/.test(summary.textContent) ? 'nothing found' : false;
+}"""
+
+
 def _worker(job: dict) -> None:
     from playwright.sync_api import Error as PlaywrightError
     from playwright.sync_api import sync_playwright
@@ -206,25 +220,28 @@ def _worker(job: dict) -> None:
 
     base, html_dir = job["base"], Path(job["html_dir"])
     ms = int(job["page_timeout_s"] * 1000)
-    state = {"page": "(browser)", "collecting": False}
+    state = {"page": "(browser)", "collecting": False, "bad": set()}
 
     def where() -> str:
         return state["page"]
 
     def route(route):
         url = route.request.url
-        if url.startswith(base) or url.startswith(("data:", "blob:", "about:")):
+        if url.startswith((base, "data:", "blob:", "about:")):
             route.continue_()
         else:
             report(f"{where()}: external request: {url}")
             route.abort()
 
     def on_request_failed(request):
-        if state["collecting"] and request.url.startswith(base):
+        # a request aborted by route() was reported there, one answered with an error status in on_response()
+        if state["collecting"] and request.url.startswith(base) and request.url not in state["bad"]:
+            state["bad"].add(request.url)
             report(f"{where()}: request failed: {request.url.removeprefix(base)} ({request.failure})")
 
     def on_response(response):
         if state["collecting"] and response.status >= 400:
+            state["bad"].add(response.url)
             report(f"{where()}: HTTP {response.status}: {response.url.removeprefix(base)}")
 
     def on_console(msg):
@@ -237,7 +254,7 @@ def _worker(job: dict) -> None:
             report(f"{where()}: uncaught exception: {error}")
 
     def open_page(context, rel: str, url: str):
-        state["page"], state["collecting"] = rel, True
+        state["page"], state["collecting"], state["bad"] = rel, True, set()
         page = context.new_page()
         page.set_default_timeout(ms)
         page.set_default_navigation_timeout(ms)
@@ -282,8 +299,10 @@ def _worker(job: dict) -> None:
                 for text in page.evaluate("() => Array.from(document.querySelectorAll('mjx-merror'))"
                                           ".map(e => e.getAttribute('data-mjx-error') || e.textContent)"):
                     report(f"{rel}: MathJax error: {text}")
-            for snippet in page.evaluate(_RAW_MATH_JS):
-                report(f"{rel}: raw math in the text: {snippet!r}")
+            raw = page.evaluate(_RAW_MATH_JS)
+            if raw:
+                shown = ", ".join(repr(snippet) for snippet in raw[:3]) + (", ..." if len(raw) > 3 else "")
+                report(f"{rel}: raw math in the text ({len(raw)} places): {shown}")
             try:  # fonts and anything else late: give the network a moment to settle
                 page.wait_for_load_state("networkidle", timeout=min(ms, 5000))
             except PlaywrightError:
@@ -295,13 +314,15 @@ def _worker(job: dict) -> None:
         rel = f"search.html?q={query}"
         page = open_page(context, rel, base + rel)
         try:
-            page.wait_for_function(
-                "() => document.querySelectorAll('#search-results ul.search li a, #search-results a').length > 0",
-                timeout=min(ms, SEARCH_TIMEOUT_S * 1000))
-        except PlaywrightError:
-            shown = page.evaluate("() => (document.querySelector('#search-results') || document.body)"
-                                  ".innerText.slice(0, 200)")
-            report(f"{rel}: no search result for {query!r} within {SEARCH_TIMEOUT_S} s ({shown!r})")
+            try:  # until a result shows, or Sphinx says it found nothing
+                found = page.wait_for_function(_SEARCH_DONE_JS,
+                                               timeout=min(ms, SEARCH_TIMEOUT_S * 1000)).json_value()
+            except PlaywrightError:
+                found = f"none within {SEARCH_TIMEOUT_S} s"
+            if found != "found":
+                shown = page.evaluate("() => (document.querySelector('#search-results') || document.body)"
+                                      ".innerText.slice(0, 200)")
+                report(f"{rel}: no search result for {query!r} ({found}: {shown!r})")
         finally:
             close_page(page)
 

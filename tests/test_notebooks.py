@@ -39,15 +39,5 @@ def test_train_notebook_loads_the_shipped_model(tmp_path):
     assert (tmp_path / "runs" / "training_curves_fashion-mnist_gc-beta-8.png").stat().st_size > 5_000
 
 
-def test_train_notebook_trains_when_asked(tmp_path):
-    nb = run_notebook("train_model", tmp_path, beta="2", retrain=True, epochs=1, max_steps=4, train_subset=512,
-                      n_test=200, out=str(tmp_path / "runs"))
-    assert "a model trained now" in outputs(nb)
-    assert (tmp_path / "runs" / "fashion-mnist" / "gc-beta-2" / "final.json").is_file()
-
-
-def test_models_notebook_writes_table_and_figures(tmp_path):
-    run_notebook("models", tmp_path, figures=str(tmp_path / "fig"))
-    for name in ("table_models.csv", "table_models.md", "fig_beta_tradeoff.png", "fig_beta_tradeoff.svg",
-                 "fig_training_curves.png"):
-        assert (tmp_path / "fig" / name).is_file(), name
+# The training notebook with retrain=True and the zoo notebook run in tests/test_book.py (the smoke
+# parameter set), which also builds the book from them.
