@@ -67,15 +67,34 @@ def runs(params: str, only: list[str] | None = None, path: str | os.PathLike = P
     return selected
 
 
-def _declared_parameters(nb) -> set[str]:
+def _declared_parameters(nb) -> dict:
+    """``{name: default}`` of the notebook's ``parameters`` cell (defaults that are not literals: None)."""
     import ast
 
     for cell in nb.cells:
         if cell.cell_type == "code" and "parameters" in cell.metadata.get("tags", []):
-            tree = ast.parse(cell.source)
-            return {t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets
-                    if isinstance(t, ast.Name)}
+            declared = {}
+            for node in ast.parse(cell.source).body:
+                if isinstance(node, ast.Assign):
+                    try:
+                        default = ast.literal_eval(node.value)
+                    except ValueError:
+                        default = None
+                    declared.update({t.id: default for t in node.targets if isinstance(t, ast.Name)})
+            return declared
     raise BookError("the notebook has no cell tagged 'parameters'")
+
+
+def _typed(value, default):
+    """A command-line string read as the type of the parameter's default (``beta = "8"`` stays a string)."""
+    import yaml
+
+    if not isinstance(value, str) or isinstance(default, str):
+        return value
+    parsed = yaml.safe_load(value)
+    if isinstance(default, float) and isinstance(parsed, int) and not isinstance(parsed, bool):
+        return float(parsed)
+    return parsed
 
 
 def _hide_parameter_cells(path: Path) -> None:
@@ -92,7 +111,7 @@ def _hide_parameter_cells(path: Path) -> None:
 def run_notebooks(params: str = "paper", executed: str | os.PathLike | None = None,
                   figures: str | os.PathLike | None = None, work: str | os.PathLike | None = None,
                   only: list[str] | None = None, log=print,
-                  params_file: str | os.PathLike = PARAMS_FILE) -> list[dict]:
+                  params_file: str | os.PathLike = PARAMS_FILE, overrides: dict | None = None) -> list[dict]:
     """Execute the runs of parameter set ``params``; return one ``{name, notebook, seconds}`` per run.
 
     Args:
@@ -105,6 +124,8 @@ def run_notebooks(params: str = "paper", executed: str | os.PathLike | None = No
         only: run names or notebook names to run (default: all).
         log: where progress lines go.
         params_file: the YAML file that defines the parameter sets.
+        overrides: parameters that replace the parameter set's in every selected run, as ``-p beta 16``
+            on the command line; a string value is read as the type of the parameter's default.
 
     Raises:
         BookError: a notebook failed; the message names it, its run and the failing cell.
@@ -126,12 +147,13 @@ def run_notebooks(params: str = "paper", executed: str | os.PathLike | None = No
             source_py = REPO / "notebooks" / f"{run['notebook']}.py"
             nb = jupytext.read(source_py)
             declared = _declared_parameters(nb)
-            parameters = dict(run["parameters"])
+            parameters = {**run["parameters"],
+                          **{k: _typed(v, declared.get(k)) for k, v in (overrides or {}).items()}}
             if "figures" in declared:
                 parameters.setdefault("figures", str(figures))
             if "out" in declared:
                 parameters.setdefault("out", str(work / "runs"))
-            unknown = set(parameters) - declared
+            unknown = set(parameters) - set(declared)
             if unknown:
                 raise BookError(f"parameter set {params!r}, run {run['name']!r}: notebooks/{run['notebook']}.py "
                                 f"has no parameter {', '.join(sorted(unknown))} (it declares "
@@ -139,7 +161,7 @@ def run_notebooks(params: str = "paper", executed: str | os.PathLike | None = No
             source = executed / f"{run['notebook']}.source.ipynb"
             output = executed / f"{run['name']}.ipynb"
             nbformat.write(nb, source)
-            shown = " ".join(f"{k}={v}" for k, v in run["parameters"].items())
+            shown = " ".join(f"{k}={v}" for k, v in {**run["parameters"], **(overrides or {})}.items())
             log(f"[{i}/{len(selected)}] notebooks/{run['notebook']}.py -> {output}  {shown}".rstrip())
             start = time.perf_counter()
             try:
@@ -213,6 +235,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="run: execute the notebooks; build: jupyter-book build; all: both; list: the runs")
     p.add_argument("--params", default="paper", help="parameter set in notebooks/params.yml (paper, smoke)")
     p.add_argument("--only", nargs="+", help="run only these runs or notebooks")
+    p.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("NAME", "VALUE"), default=[],
+                   help="override a notebook parameter in every selected run, as papermill's -p "
+                   "(VALUE is read as YAML: 16, true, inf...); e.g. --only gc_vs_dc -p beta 16")
     p.add_argument("--root", help="build the book in this folder (default: the repository); with 'run' or "
                    "'all', the book sources are copied there and the notebooks executed into ROOT/book/executed")
     p.add_argument("--figures", help="output folder for figures and tables (default: figures/)")
@@ -223,13 +248,14 @@ def main(argv: list[str] | None = None) -> int:
             for run in runs(args.params, args.only):
                 print(f"{run['name']:24s} notebooks/{run['notebook']}.py  {run['parameters']}")
             return 0
+        overrides = dict(args.parameter)  # strings, read as the type of each parameter's default
         root = Path(args.root) if args.root else None
         if root is not None and root.resolve() != REPO:
             copy_sources(root)
         if args.command in ("run", "all"):
             figures = args.figures or ((root / "figures") if root else None)
             run_notebooks(args.params, executed=(root / EXECUTED) if root else None, figures=figures,
-                          work=args.work, only=args.only)
+                          work=args.work, only=args.only, overrides=overrides)
         if args.command in ("build", "all"):
             build(root)
     except BookError as err:

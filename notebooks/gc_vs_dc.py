@@ -91,7 +91,8 @@ def example(title, images, gc_out, dc_post, index):
 
 examples = [example(f"normal: {names[y_test[i]]}", x_test, test_out, test_dc, i),
             example(f"ambiguous: {names[y_test[j]]}", x_test, test_out, test_dc, j),
-            *[example(f"unrelated ({name})", ood[name], ood_out[name], ood_dc[name], k) for name, k in unrelated.items()]]
+            *[example(f"unrelated ({name})", ood[name], ood_out[name], ood_dc[name], k)
+              for name, k in unrelated.items()]]
 fig = plotting.plot_gc_vs_dc(examples, names, val_out["bits_per_dim"], bpd_range)
 plotting.savefig(fig, "fig_gc_vs_dc_outputs", figures)
 glue("fig_gc_vs_dc_outputs", fig, display=False)

@@ -2,7 +2,6 @@
 
 import json
 import re
-import shutil
 from pathlib import Path
 
 import pytest
@@ -43,9 +42,21 @@ def test_unknown_parameter_set_and_parameter_are_clear_errors(tmp_path):
     bad.write_text("x:\n  - {notebook: models, parameters: {betta: 3}}\n")
     with pytest.raises(BookError, match="has no parameter betta"):
         book.run_notebooks("x", executed=tmp_path, params_file=bad, log=lambda *a: None)
+    with pytest.raises(BookError, match="has no parameter bta"):
+        book.run_notebooks("smoke", executed=tmp_path, only=["gc_vs_dc"], overrides={"bta": "16"}, log=lambda *a: None)
     bad.write_text("x:\n  - {notebook: no_such_notebook}\n")
     with pytest.raises(BookError, match="no_such_notebook.py does not exist"):
         book.runs("x", path=bad)
+
+
+def test_command_line_parameters_take_the_type_of_the_default(capsys):
+    assert book._typed("16", "8") == "16"  # beta = "8": stays a string
+    assert book._typed("500", 10000) == 500 and book._typed("true", False) is True
+    assert book._typed("1", 0.99) == 1.0 and book._typed("cuda", None) == "cuda"
+    assert book.main(["list", "--params", "smoke"]) == 0
+    assert "notebooks/gc_vs_dc.py" in capsys.readouterr().out
+    assert book.main(["list", "--params", "nope"]) == 1
+    assert "unknown parameter set 'nope'" in capsys.readouterr().err
 
 
 def test_a_failing_notebook_stops_the_pipeline_with_its_name_and_cell(tmp_path):
@@ -65,7 +76,8 @@ def test_smoke_run_writes_every_built_figure_and_table(smoke_book):
     assert [t["notebook"] for t in timings] == [r["notebook"] for r in book.runs("smoke")]
     for fig_id in BUILT_IDS:
         files = {p.name for p in (root / "figures").glob(f"{fig_id}.*")}
-        expected = {f"{fig_id}.csv", f"{fig_id}.md"} if fig_id.startswith("table_") else {f"{fig_id}.png", f"{fig_id}.svg"}
+        suffixes = (".csv", ".md") if fig_id.startswith("table_") else (".png", ".svg")
+        expected = {fig_id + suffix for suffix in suffixes}
         assert expected <= files, (fig_id, files)
     assert json.loads((root / book.EXECUTED / "timings-smoke.json").read_text()) == timings
 
