@@ -221,8 +221,9 @@ def build(root: str | os.PathLike | None = None, strict: bool = True, log=print)
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
-        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-40:])
-        raise BookError(f"jupyter-book build {root} failed (warnings are errors):\n{tail}")
+        lines = (proc.stdout + proc.stderr).strip().splitlines()
+        problems = [line for line in lines if "WARNING" in line or "ERROR" in line] or lines[-40:]
+        raise BookError(f"jupyter-book build {root} failed (warnings are errors):\n" + "\n".join(problems[:40]))
     html = root / "_build" / "html"
     log(f"book built in {time.perf_counter() - start:.1f} s: {html / 'book' / 'intro.html'}")
     return html

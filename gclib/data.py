@@ -363,6 +363,41 @@ OOD_SETS = {
 }
 
 
+# Fashion-MNIST made strange: the same images, transformed (torchvision.transforms.v2 does the maths).
+def _inverted(x):
+    return 1 - x
+
+
+def _rotated(x):
+    from torchvision.transforms.v2 import functional as F
+
+    return F.rotate(x, 90)
+
+
+def _blurred(x):
+    from torchvision.transforms.v2 import functional as F
+
+    return F.gaussian_blur(x, [5, 5], [1.5, 1.5])
+
+
+def _low_contrast(x):
+    return 0.5 + 0.25 * (x - 0.5)
+
+
+TRANSFORMS = {"inverted": _inverted, "rotated": _rotated, "blurred": _blurred, "low-contrast": _low_contrast}
+
+
+def transformed(images: Tensor, name: str) -> Tensor:
+    """In-distribution ``images`` [N, C, H, W] in [0, 1] made out-of-distribution by transform ``name``.
+
+    ``inverted`` (1 - x), ``rotated`` (by 90 degrees), ``blurred`` (Gaussian, sigma 1.5 px) or
+    ``low-contrast`` (contrast x 0.25 around grey); the result is on the 8-bit grid like the data.
+    """
+    if name not in TRANSFORMS:
+        raise DataError(f"unknown transform {name!r}; choose from {', '.join(TRANSFORMS)}")
+    return _quantize(TRANSFORMS[name](images.float())).contiguous()
+
+
 def ood_names() -> list[str]:
     """Names of the out-of-distribution sets :func:`ood` can make."""
     return list(OOD_SETS)

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 __all__ = ["savefig", "save_table", "figure", "plot_beta_tradeoff", "plot_training_curves", "plot_gc_vs_dc",
-           "BETA_COLORS"]
+           "plot_ood_scores", "BETA_COLORS"]
 
 FIGURES_ENV = "GCLIB_FIGURES"
 _BETA_ORDER = ["0", "1", "2", "4", "8", "16", "32", "inf"]
@@ -252,4 +252,39 @@ def plot_gc_vs_dc(examples: list[dict], class_names: list[str], reference_bpd, b
         row[3].set_xlabel("GC: bits/dim of the input (lower = more likely)", fontsize=8)
         row[3].set_title(f"{bpd:.2f} bits/dim: {'typical' if typical else 'atypical'}", fontsize=8,
                          color="black" if typical else DC_COLOR)
+    return fig
+
+
+def plot_ood_scores(bpd_by_set: dict, rows: list[dict], set_names: list[str], title: str = ""):
+    """``fig_ood_scores``: histograms of a GC's bits/dim per input set, and the AUROC of every score.
+
+    Args:
+        bpd_by_set: ``{set name: bits/dim}``; the first entry is the in-distribution test set.
+        rows: ``gclib.detect.detection_row`` rows (AUROC in % per OoD set).
+        set_names: the OoD sets, in column order.
+        title: title of the histogram panel.
+    """
+    import numpy as np
+
+    plt = _plt()
+    fig, (ax_h, ax_m) = plt.subplots(1, 2, figsize=(12, 0.34 * len(rows) + 2.2), layout="constrained",
+                                     gridspec_kw={"width_ratios": [1, 1.5]})
+    values = np.concatenate([np.asarray(v, dtype=float) for v in bpd_by_set.values()])
+    bins = np.linspace(np.quantile(values, 0.001), np.quantile(values, 0.999), 70)
+    cmap = plt.get_cmap("tab10")
+    for i, (name, bpd) in enumerate(bpd_by_set.items()):
+        ax_h.hist(np.asarray(bpd, dtype=float), bins=bins, density=True, histtype="step", lw=2 if i == 0 else 1.2,
+                  color="black" if i == 0 else cmap(i % 10), label=name)
+    ax_h.set_xlabel("bits/dim (lower = more likely)")
+    ax_h.set_yticks([])
+    ax_h.set_title(title)
+    ax_h.legend(fontsize=7)
+    grid = np.array([[r[s] for s in set_names] for r in rows], dtype=float)
+    image = ax_m.imshow(grid, cmap="RdYlGn", vmin=0, vmax=100, aspect="auto")
+    ax_m.set_xticks(range(len(set_names)), set_names, rotation=45, ha="right", fontsize=7)
+    ax_m.set_yticks(range(len(rows)), [f"{r['model']}: {r['score']}" for r in rows], fontsize=7)
+    ax_m.grid(False)
+    for (i, j), v in np.ndenumerate(grid):
+        ax_m.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=6.5)
+    fig.colorbar(image, ax=ax_m, label="AUROC (%): 50 = chance, 100 = perfect")
     return fig

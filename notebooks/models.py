@@ -21,7 +21,7 @@
 # %% tags=["parameters"]
 dataset = "fashion-mnist"
 figures = "figures"  # output folder for figures and tables
-checkpoints = None  # None: the repository's checkpoints/ (or $GCLIB_CHECKPOINTS)
+checkpoints = None  # None: checkpoints/ in the repository (or $GCLIB_CHECKPOINTS)
 
 # %%
 import pandas as pd

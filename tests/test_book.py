@@ -16,7 +16,8 @@ from gclib.errors import BookError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 # Every figure and table id the built notebooks write (the README's table marks the others "not yet built").
-BUILT_IDS = ["table_models", "fig_beta_tradeoff", "fig_training_curves", "table_architectures", "fig_gc_vs_dc_outputs"]
+BUILT_IDS = ["table_models", "fig_beta_tradeoff", "fig_training_curves", "table_architectures", "fig_gc_vs_dc_outputs",
+             "table_ood", "fig_ood_scores", "table_calibration", "fig_calibration"]
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +97,8 @@ def test_parameter_cells_are_hidden_in_the_book(smoke_book):
 def test_book_has_every_chapter_and_no_unrendered_glue(smoke_book):
     _, html, _ = smoke_book
     for page in ("intro", "method", "models", "explainability", "robustness", "scaling", "reproduce", "api",
-                 "executed/models", "executed/gc_vs_dc", "executed/architectures", "executed/train_model_beta-8"):
+                 "executed/models", "executed/gc_vs_dc", "executed/architectures", "executed/train_model_beta-8",
+                 "executed/ood", "executed/calibration"):
         text = (html / "book" / f"{page}.html").read_text()
         assert "{glue" not in text, page
     intro = (html / "book" / "intro.html").read_text()
