@@ -28,6 +28,7 @@ import math
 import torch
 from torch import Tensor
 
+from . import explain
 from .errors import InputError
 
 __all__ = ["reliability", "ece", "mce", "overconfidence", "nll", "bootstrap_se", "calibration_row",
@@ -324,14 +325,7 @@ def predict_probs(model, x: Tensor, batch_size: int = 500) -> Tensor:
     Raises:
         InputError: ``x`` is not a non-empty [N, C, H, W] batch or ``batch_size`` < 1.
     """
-    if not isinstance(x, Tensor) or x.dim() != 4 or len(x) == 0:
-        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-        raise InputError(f"expected a non-empty batch of images [N, C, H, W], got {shape}")
-    if batch_size < 1:
-        raise InputError(f"batch_size must be >= 1, got {batch_size}")
-    device = getattr(model, "device", None) or next(model.parameters()).device
-    logits = torch.cat([model(b.to(device)).double().cpu() for b in x.split(batch_size)])
-    return torch.softmax(logits, dim=1)
+    return torch.softmax(explain.logits(model, x, batch_size, dtype=torch.float64), dim=1)
 
 
 _BETA_ORDER = ["0", "1", "2", "4", "8", "16", "32", "inf"]

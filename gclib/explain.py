@@ -17,7 +17,7 @@ from torch import Tensor
 from .errors import InputError
 from .model import nats_to_bits_per_dim
 
-__all__ = ["gc_outputs", "dc_posterior", "typical_range", "atypical_fraction", "summary_row", "pick_examples",
+__all__ = ["gc_outputs", "logits", "dc_posterior", "typical_range", "atypical_fraction", "summary_row", "pick_examples",
            "most_confident", "SUMMARY_HEADERS"]
 
 SUMMARY_HEADERS = {"inputs": "inputs", "n": "n", "gc_atypical_pct": "GC: outside the typical range (%)",
@@ -51,10 +51,15 @@ def gc_outputs(model, x: Tensor, batch_size: int = 500) -> dict[str, Tensor]:
 
 
 @torch.no_grad()
+def logits(model, x: Tensor, batch_size: int = 500, dtype: torch.dtype = torch.float32) -> Tensor:
+    """``model(x)`` in batches, on the CPU in ``dtype``, [N, C]: a DC's logits or a GC's log-posteriors."""
+    device = getattr(model, "device", None) or next(model.parameters()).device
+    return torch.cat([model(b.to(device)).to(dtype).cpu() for b in _batches(x, batch_size)])
+
+
 def dc_posterior(model, x: Tensor, batch_size: int = 500) -> Tensor:
     """Softmax posterior p(y|x) [N, C] of a feed-forward classifier (or a GC's logits), on the CPU."""
-    return torch.cat([torch.softmax(model(b.to(model.device)).float(), dim=1).cpu()
-                      for b in _batches(x, batch_size)])
+    return torch.softmax(logits(model, x, batch_size), dim=1)
 
 
 def typical_range(bits_per_dim: Tensor, coverage: float = 0.99) -> tuple[float, float]:

@@ -34,7 +34,6 @@ figures = "figures"  # output folder for figures and tables
 # %%
 from pathlib import Path
 
-import torch
 from IPython.display import Markdown, display
 from myst_nb import glue
 
@@ -76,13 +75,8 @@ for beta in betas.split(","):
         rows.append(detect.detection_row(f"GC β={beta}", score, s_in[score], {n: s[score] for n, s in s_out.items()}))
 for dc in dcs.split(","):
     model = gclib.pretrained(dataset, dc, device=device)
-
-    def logits(x):
-        with torch.no_grad():
-            return torch.cat([model(b.to(model.device)).float().cpu() for b in x.split(500)])
-
-    s_in = detect.dc_scores(logits(x_test))
-    s_out = {name: detect.dc_scores(logits(x)) for name, x in sets.items()}
+    s_in = detect.dc_scores(explain.logits(model, x_test))
+    s_out = {name: detect.dc_scores(explain.logits(model, x)) for name, x in sets.items()}
     for score in s_in:
         rows.append(detect.detection_row(f"DC {dc}", score, s_in[score], {n: s[score] for n, s in s_out.items()}))
 
