@@ -56,11 +56,11 @@ def runs(params: str, only: list[str] | None = None, path: str | os.PathLike = P
     for run in sets[params]:
         run = {"parameters": {}, **run}
         run.setdefault("name", run["notebook"])
+        if only and run["name"] not in only and run["notebook"] not in only:
+            continue
         if not (REPO / "notebooks" / f"{run['notebook']}.py").is_file():
             raise BookError(f"parameter set {params!r} names notebook {run['notebook']!r}, "
                             f"but notebooks/{run['notebook']}.py does not exist")
-        if only and run["name"] not in only and run["notebook"] not in only:
-            continue
         selected.append(run)
     if only and not selected:
         raise BookError(f"--only {' '.join(only)} matches no run of parameter set {params!r}")

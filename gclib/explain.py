@@ -3,8 +3,10 @@
 A GC gives, for every input, the class log-likelihoods log p(x|y). From them come both the class
 posterior p(y|x) (which a DC gives too, and which must sum to one) and the input's own density
 log p(x), which says whether the input looks like the training data at all. The functions here
-compute these outputs in batches and pick the examples of the book's Figure 1
-(``fig_gc_vs_dc_outputs``) by stated rules.
+compute these outputs in batches, pick the examples of the book's Figure 1
+(``fig_gc_vs_dc_outputs``) by stated rules, and sort inputs into the regions of ``fig_both_or_neither``:
+"confident" (typical density, one class clearly most likely), "both" (typical density, the runner-up class
+nearly as likely: ambiguous) and "neither" (atypical density: unlike any class).
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from .errors import InputError
 from .model import nats_to_bits_per_dim
 
 __all__ = ["gc_outputs", "logits", "dc_posterior", "typical_range", "atypical_fraction", "summary_row", "pick_examples",
-           "most_confident", "SUMMARY_HEADERS"]
+           "most_confident", "SUMMARY_HEADERS", "REGIONS", "top2", "regions", "region_shares", "pick_per_region",
+           "separation_row", "SEPARATION_HEADERS"]
 
 SUMMARY_HEADERS = {"inputs": "inputs", "n": "n", "gc_atypical_pct": "GC: outside the typical range (%)",
                    "gc_bpd_median": "GC: median bits/dim", "dc_max_softmax_median": "DC: median max-softmax"}
@@ -139,3 +142,97 @@ def most_confident(posterior: Tensor) -> int:
     whatever the GC says about it.
     """
     return int(torch.as_tensor(posterior).max(1).values.argmax())
+
+
+REGIONS = ("confident", "both", "neither")
+
+
+def top2(log_likelihoods: Tensor, n_dims: int) -> dict[str, Tensor]:
+    """The two largest class log-likelihoods of every input, on the bits/dim scale, and their gap in nats.
+
+    Args:
+        log_likelihoods: log p(x|y) [N, C] in nats (:func:`gc_outputs`).
+        n_dims: the model's input dimension (``model.n_dims``).
+
+    Returns:
+        dict with ``classes`` ([N, 2], the most and second most likely class), ``bits_per_dim`` ([N, 2],
+        -log2 p(x|y) per dim on the 8-bit scale of those two classes; the first column is the lower) and
+        ``log_ratio`` ([N], log p(x|first) - log p(x|second) in nats, >= 0).
+    """
+    ll = torch.as_tensor(log_likelihoods)
+    if ll.dim() != 2 or ll.shape[1] < 2:
+        raise InputError(f"expected class log-likelihoods [N, C] with C >= 2, got {tuple(ll.shape)}")
+    values, classes = ll.double().topk(2, dim=1)
+    return {"classes": classes, "bits_per_dim": nats_to_bits_per_dim(values, n_dims),
+            "log_ratio": values[:, 0] - values[:, 1]}
+
+
+def regions(log_likelihoods: Tensor, bits_per_dim: Tensor, bpd_range: tuple[float, float],
+            max_ratio: float = 10.0) -> Tensor:
+    """Sort inputs into the GC's three answers: 0 "confident", 1 "both", 2 "neither" (see :data:`REGIONS`).
+
+    - "neither": the input's bits/dim lie outside ``bpd_range`` (:func:`typical_range`): no class explains
+      it as well as it explains held-out training-distribution images.
+    - "both": typical, and the runner-up class is at least ``1 / max_ratio`` times as likely as the best
+      (log-likelihood ratio <= log ``max_ratio``): the input fits two classes.
+    - "confident": typical, and one class is more than ``max_ratio`` times as likely as any other.
+
+    Returns:
+        int64 region codes [N].
+    """
+    if not max_ratio > 1:
+        raise InputError(f"max_ratio must be > 1 (the runner-up may be at most this many times less likely), "
+                         f"got {max_ratio}")
+    ll = torch.as_tensor(log_likelihoods)
+    bpd = torch.as_tensor(bits_per_dim).double().flatten()
+    if len(bpd) != len(ll):
+        raise InputError(f"{len(ll)} rows of log-likelihoods but {len(bpd)} bits/dim values")
+    gap = top2(ll, 1)["log_ratio"]
+    low, high = bpd_range
+    out = torch.where(gap <= math.log(max_ratio), 1, 0)
+    return torch.where((bpd < low) | (bpd > high), 2, out).long()
+
+
+def region_shares(codes: Tensor) -> dict[str, float]:
+    """Percent of inputs in each region, ``{"confident": .., "both": .., "neither": ..}``."""
+    codes = torch.as_tensor(codes).flatten()
+    if codes.numel() == 0:
+        raise InputError("region_shares needs at least one input")
+    return {name: 100 * float((codes == k).double().mean()) for k, name in enumerate(REGIONS)}
+
+
+def pick_per_region(codes: Tensor, k: int = 4, seed: int = 0) -> dict[str, list[int]]:
+    """Up to ``k`` indices per region, drawn uniformly at random with ``seed`` (no hand-picking)."""
+    codes = torch.as_tensor(codes).flatten()
+    order = torch.randperm(len(codes), generator=torch.Generator().manual_seed(seed))
+    return {name: order[codes[order] == r][:k].tolist() for r, name in enumerate(REGIONS)}
+
+
+SEPARATION_HEADERS = {"question": "question", "n_pos": "n (positives)", "n_neg": "n (negatives)",
+                      "gc_region_pos": "GC: positives in the region (%)", "gc_region_neg": "GC: negatives in the region (%)",
+                      "gc_auroc": "GC: AUROC (%)", "gc_se": "GC: SE", "dc_auroc": "DC: AUROC (%)", "dc_se": "DC: SE"}
+
+
+def separation_row(question: str, gc: tuple, dc: tuple, in_region: tuple) -> dict:
+    """One row of ``table_both_or_neither``: how well a GC score and a DC score pick out the positives.
+
+    Args:
+        question: the row's label, e.g. '"neither" catches digits'.
+        gc: ``(scores of the positives, scores of the negatives)`` for the GC, higher = more positive.
+        dc: the same for the DC.
+        in_region: ``(bool [n_pos], bool [n_neg])``: which positives and negatives fall in the GC's region.
+
+    Returns:
+        dict: sample sizes, percent of each side in the region, AUROC (%) and its Hanley-McNeil SE for GC and DC.
+    """
+    from .detect import auroc, auroc_se
+
+    row = {"question": question, "n_pos": len(gc[0]), "n_neg": len(gc[1])}
+    pos, neg = (torch.as_tensor(r).flatten().double() for r in in_region)
+    row["gc_region_pos"] = round(100 * float(pos.mean()), 1)
+    row["gc_region_neg"] = round(100 * float(neg.mean()), 1)
+    for name, (s_pos, s_neg) in (("gc", gc), ("dc", dc)):
+        area = auroc(s_neg, s_pos)
+        row[f"{name}_auroc"] = round(100 * area, 1)
+        row[f"{name}_se"] = round(100 * auroc_se(area, len(s_neg), len(s_pos)), 1)
+    return row

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 __all__ = ["savefig", "save_table", "figure", "plot_beta_tradeoff", "plot_training_curves", "plot_gc_vs_dc",
-           "plot_ood_scores", "BETA_COLORS"]
+           "plot_ood_scores", "plot_both_or_neither", "BETA_COLORS"]
 
 FIGURES_ENV = "GCLIB_FIGURES"
 _BETA_ORDER = ["0", "1", "2", "4", "8", "16", "32", "inf"]
@@ -287,4 +287,95 @@ def plot_ood_scores(bpd_by_set: dict, rows: list[dict], set_names: list[str], ti
     for (i, j), v in np.ndenumerate(grid):
         ax_m.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=6.5)
     fig.colorbar(image, ax=ax_m, label="AUROC (%): 50 = chance, 100 = perfect")
+    return fig
+
+
+def plot_both_or_neither(groups: dict[str, dict], bpd_range: tuple[float, float], max_ratio: float,
+                         examples: dict[str, list[dict]], title: str = ""):
+    """``fig_both_or_neither``: the GC's two largest class likelihoods per input, its regions, and the DC.
+
+    Args:
+        groups: ``{name: {"bits_per_dim": [N] of the most likely class, "log_ratio": [N] nats between the two
+            most likely classes, "dc_max": [N] the DC's max-softmax}}``; the first groups are in-distribution
+            (drawn grey/orange), the rest OoD sets.
+        bpd_range: the typical range of bits/dim (the "neither" region lies outside it).
+        max_ratio: the likelihood ratio under which two classes count as "both".
+        examples: ``{region: [{"image": [C, H, W], "caption": str}, ...]}`` shown in the bottom row.
+        title: title of the scatter panel.
+
+    Left: x = bits/dim of the most likely class, y = how many times more likely it is than the runner-up
+    (log scale). Right: the DC's max-softmax for the same groups: it has one number per input, so a
+    low confidence cannot say whether the input is ambiguous or unrelated.
+    """
+    import numpy as np
+    import torch
+
+    plt = _plt()
+    n_ex = max((len(v) for v in examples.values()), default=0)
+    fig = plt.figure(figsize=(12, 7.0 if n_ex else 5), layout="constrained")
+    top, bottom = fig.subfigures(2, 1, height_ratios=[2.8, 1]) if n_ex else (fig, None)
+    ax_s, ax_d = top.subplots(1, 2, gridspec_kw={"width_ratios": [1.5, 1]})
+    cmap = plt.get_cmap("tab10")
+    ood_colors = [cmap(k) for k in (4, 5, 6, 8, 9, 2, 0, 3)]  # tab10 without the grey and orange of the test sets
+    colors, n_in = {}, 0
+    for name in groups:
+        if name.startswith("test") and n_in < 2:
+            colors[name], n_in = [PAPER_COLOR, "#ff7f0e"][n_in], n_in + 1
+        else:
+            colors[name] = ood_colors[(len(colors) - n_in) % len(ood_colors)]
+    low, high = bpd_range
+    floor = 1e-3  # ratios of exactly one (a tie) on the log axis
+    ys = np.concatenate([np.exp(np.clip(np.asarray(g["log_ratio"], float), None, 700)) for g in groups.values()])
+    y_top = float(np.quantile(ys, 0.995)) * 3
+    xs = np.concatenate([np.asarray(g["bits_per_dim"], float) for g in groups.values()])
+    x_lo, x_hi = min(low, np.quantile(xs, 0.001)) - 0.6, max(high, np.quantile(xs, 0.999)) + 0.6
+    for name, g in groups.items():
+        x = np.clip(np.asarray(g["bits_per_dim"], float), x_lo, x_hi)  # the rare extremes sit on the edge
+        ratio = np.clip(np.exp(np.clip(np.asarray(g["log_ratio"], float), None, 700)), 1 + floor, y_top)
+        ax_s.scatter(x, ratio, s=3 if len(x) > 2000 else 5, alpha=0.5, color=colors[name], lw=0, rasterized=True,
+                     label=f"{name} ({len(x)})")
+    ax_s.set_yscale("log")
+    ax_s.axvspan(low, high, color=BETA_COLORS["8"], alpha=0.08, lw=0)
+    ax_s.axvline(low, color="black", lw=0.8, ls="--"), ax_s.axvline(high, color="black", lw=0.8, ls="--")
+    ax_s.plot([low, high], [max_ratio, max_ratio], color="black", lw=0.8, ls="--")
+    ax_s.set_xlabel("bits/dim of the most likely class, -log2 p(x|y1) / D (lower = more likely)")
+    ax_s.set_ylabel("p(x|y1) / p(x|y2): most likely class over runner-up")
+    ax_s.set_xlim(x_lo, x_hi)
+    ax_s.set_ylim(1, y_top)
+    for text, x, y in [("confident", (low + high) / 2, max_ratio * 30), ("both", (low + high) / 2, 1.4),
+                       ("neither", (high + x_hi) / 2, max_ratio * 30), ("neither", (x_lo + low) / 2, max_ratio * 30)]:
+        if text != "neither" or abs(x - (low if x < low else high)) > 0.4:  # room for the label
+            ax_s.text(x, y, text, ha="center", fontsize=11, weight="bold", alpha=0.7)
+    ax_s.set_title(title)
+    ax_s.legend(fontsize=7, markerscale=3, loc="upper right")
+    names = list(groups)
+    data = [np.asarray(groups[n]["dc_max"], float) for n in names]
+    parts = ax_d.violinplot(data, vert=False, showmedians=True, widths=0.8)
+    for body, name in zip(parts["bodies"], names):
+        body.set_facecolor(colors[name]), body.set_alpha(0.6)
+    ax_d.set_yticks(range(1, len(names) + 1), names, fontsize=8)
+    ax_d.invert_yaxis()
+    ax_d.set_xlim(0, 1.02)
+    ax_d.set_xlabel("DC (ResNet-18): max-softmax")
+    ax_d.set_title("the DC on the same inputs: one confidence")
+    if bottom is not None:
+        axes = bottom.subplots(1, len(examples) * n_ex + len(examples) - 1, squeeze=False)[0]
+        col = 0
+        for region, items in examples.items():
+            for k in range(n_ex):
+                ax = axes[col + k]
+                ax.set_xticks([]), ax.set_yticks([]), ax.grid(False)
+                for spine in ax.spines.values():
+                    spine.set_visible(False)
+                if k < len(items):
+                    img = torch.as_tensor(items[k]["image"]).float()
+                    ax.imshow(img.permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray", vmin=0, vmax=1)
+                    ax.set_xlabel(items[k]["caption"], fontsize=6.5)
+                if k == 0:
+                    ax.set_title(f"{region}: {len(items)} random examples" if items else f"{region}: none",
+                                 fontsize=9, loc="left")
+            col += n_ex
+            if col < len(axes):
+                axes[col].axis("off")
+                col += 1
     return fig

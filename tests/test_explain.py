@@ -1,5 +1,7 @@
 """gclib.explain (Figure 1's outputs and example rules) and the no-download OoD sets of gclib.data."""
 
+import math
+
 import pytest
 import torch
 
@@ -78,3 +80,53 @@ def test_ood_errors():
         gclib.data.ood("mnist")
     with pytest.raises(DataError, match="n must be"):
         gclib.data.ood("digits", n=0)
+
+
+def test_top2_and_regions_on_hand_made_log_likelihoods():
+    n_dims = 784
+    ll = torch.tensor([[-10.0, -2.0, -50.0],  # class 1 by 8 nats: confident
+                       [-3.0, -3.5, -40.0],  # 0.5 nats apart: both
+                       [-1.0, -20.0, -30.0]])  # confident classes, but atypical density: neither
+    t2 = explain.top2(ll, n_dims)
+    assert t2["classes"].tolist() == [[1, 0], [0, 1], [0, 1]]
+    assert torch.allclose(t2["log_ratio"], torch.tensor([8.0, 0.5, 19.0], dtype=torch.float64))
+    expected = gclib.model.nats_to_bits_per_dim(torch.tensor([-2.0, -10.0], dtype=torch.float64), n_dims)
+    assert torch.allclose(t2["bits_per_dim"][0], expected)
+    assert (t2["bits_per_dim"][:, 0] <= t2["bits_per_dim"][:, 1]).all()
+    bpd = torch.tensor([5.0, 5.0, 9.0])
+    codes = explain.regions(ll, bpd, (4.0, 7.0), max_ratio=10.0)
+    assert codes.tolist() == [0, 1, 2]
+    # the boundary: a ratio of exactly max_ratio is still "both"
+    tie = torch.tensor([[0.0, -math.log(10.0)]], dtype=torch.float64)
+    assert explain.regions(tie, torch.tensor([5.0]), (4.0, 7.0), 10.0).tolist() == [1]
+    assert explain.region_shares(codes) == pytest.approx({"confident": 100 / 3, "both": 100 / 3, "neither": 100 / 3})
+
+
+def test_pick_per_region_is_seeded_and_respects_regions():
+    codes = torch.tensor([0, 1, 2, 0, 0, 1, 2, 2, 2])
+    picked = explain.pick_per_region(codes, k=2, seed=3)
+    assert picked == explain.pick_per_region(codes, k=2, seed=3)
+    for r, name in enumerate(explain.REGIONS):
+        assert len(picked[name]) == 2 and all(int(codes[i]) == r for i in picked[name])
+    assert explain.pick_per_region(torch.tensor([0, 0]), k=3)["neither"] == []
+
+
+def test_separation_row_against_scikit_learn():
+    from sklearn.metrics import roc_auc_score
+
+    pos, neg = torch.tensor([3.0, 2.0, 0.5]), torch.tensor([1.0, 0.0, -1.0, 0.7])
+    row = explain.separation_row("q", (pos, neg), (-pos, -neg), (torch.tensor([1, 1, 0]), torch.tensor([0, 0, 0, 1])))
+    expected = roc_auc_score([1, 1, 1, 0, 0, 0, 0], torch.cat([pos, neg]).numpy())
+    assert row["gc_auroc"] == pytest.approx(round(100 * expected, 1))
+    assert row["dc_auroc"] == pytest.approx(round(100 * (1 - expected), 1))
+    assert (row["n_pos"], row["n_neg"], row["gc_region_pos"], row["gc_region_neg"]) == (3, 4, 66.7, 25.0)
+
+
+def test_region_errors():
+    ll = torch.zeros(2, 3)
+    with pytest.raises(InputError, match="max_ratio"):
+        explain.regions(ll, torch.zeros(2), (0, 1), max_ratio=1.0)
+    with pytest.raises(InputError, match="bits/dim"):
+        explain.regions(ll, torch.zeros(3), (0, 1))
+    with pytest.raises(InputError, match=r"\[N, C\]"):
+        explain.top2(torch.zeros(4), 10)
