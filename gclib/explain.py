@@ -209,7 +209,8 @@ def pick_per_region(codes: Tensor, k: int = 4, seed: int = 0) -> dict[str, list[
 
 
 SEPARATION_HEADERS = {"question": "question", "n_pos": "n (positives)", "n_neg": "n (negatives)",
-                      "gc_region_pos": "GC: positives in the region (%)", "gc_region_neg": "GC: negatives in the region (%)",
+                      "gc_region_pos": "GC: positives in the region (%)",
+                      "gc_region_neg": "GC: negatives in the region (%)",
                       "gc_auroc": "GC: AUROC (%)", "gc_se": "GC: SE", "dc_auroc": "DC: AUROC (%)", "dc_se": "DC: SE"}
 
 

@@ -146,7 +146,8 @@ rows.append(explain.separation_row('"neither" catches all OoD sets pooled (vs te
                                    (pooled[1], dc_doubt["test"]), (pooled_neither, neither["test"])))
 rows.append(explain.separation_row('"both" catches the test errors (vs correct test images)', (-gap[gw], -gap[~gw]),
                                    (dc_doubt["test"][dw], dc_doubt["test"][~dw]), (both_test[gw], both_test[~gw])))
-rows.append(explain.separation_row('"neither" vs "both": OoD pooled (vs test errors)', (pooled[0], atypical["test"][gw]),
+rows.append(explain.separation_row('"neither" vs "both": OoD pooled (vs test errors)',
+                                   (pooled[0], atypical["test"][gw]),
                                    (pooled[1], dc_doubt["test"][dw]), (pooled_neither, neither["test"][gw])))
 plotting.save_table(rows, "table_both_or_neither", figures, headers=explain.SEPARATION_HEADERS)
 display(Markdown((Path(figures) / "table_both_or_neither.md").read_text()))
