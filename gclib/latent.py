@@ -369,9 +369,9 @@ def evidence_summary(e: Tensor, n_fc_dims: int) -> dict[str, Tensor]:
     """How the evidence ``e`` [N, D] (:func:`evidence`) is spread over the dims, per image.
 
     Returns:
-        ``fc_share``: share of the absolute evidence sum_d |e_d| in the first ``n_fc_dims`` dims (the DC
+        ``fc_share``: share of the absolute evidence ``sum_d |e_d|`` in the first ``n_fc_dims`` dims (the DC
         terms with free class means), [N]; ``half_dims``: the fewest dims holding half of it, [N];
-        ``cumulative``: its cumulative share over the dims sorted by |e_d|, [N, D].
+        ``cumulative``: its cumulative share over the dims sorted by ``|e_d|``, [N, D].
     """
     mag = e.abs()
     total = mag.sum(1, keepdim=True).clamp_min(1e-300)
@@ -729,8 +729,8 @@ def plot_evidence(rows: list[dict], labels: list[str], curves: dict[str, Tensor]
         rows: per example ``{"image", "evidence" [D], "a", "b", "changes" [k, C, H, W] (decoded with the
             top-k dims neutralised, minus the input), "dims" [k], "kind"}``.
         labels: :func:`dim_labels` of the model.
-        curves: model name to the median cumulative share of |evidence| over sorted dims, [D].
-        fc_shares: model name to the per-image share of |evidence| in the ``fc_dims`` DC dims, [N].
+        curves: model name to the median cumulative share of ``|evidence|`` over sorted dims, [D].
+        fc_shares: model name to the per-image share of ``|evidence|`` in the ``fc_dims`` DC dims, [N].
         fc_dims: dims with free class means (drawn in a darker colour).
         n_bars: dims shown per example (the rest summed in one bar).
         class_names: the class names.
