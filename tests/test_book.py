@@ -20,7 +20,8 @@ BUILT_IDS = ["table_models", "fig_beta_tradeoff", "fig_training_curves", "table_
              "table_ood", "fig_ood_scores", "table_calibration", "fig_calibration", "fig_both_or_neither",
              "table_both_or_neither", "fig_prototypes", "fig_counterfactuals", "fig_latent_space", "fig_evidence",
              "table_latent", "table_counterfactuals",
-             "fig_corruptions", "table_corruptions", "fig_heatmaps", "table_faithfulness"]
+             "fig_corruptions", "table_corruptions", "fig_heatmaps", "table_faithfulness",
+             "fig_adversarial", "table_adversarial", "fig_adv_detection", "table_adv_detection"]
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +102,7 @@ def test_book_has_every_chapter_and_no_unrendered_glue(smoke_book):
     _, html, _ = smoke_book
     for page in ("intro", "method", "models", "explainability", "robustness", "scaling", "reproduce", "api",
                  "executed/models", "executed/gc_vs_dc", "executed/architectures", "executed/train_model_beta-8",
-                 "executed/ood", "executed/calibration", "executed/latent", "executed/corruptions", "executed/heatmaps"):
+                 "executed/ood", "executed/calibration", "executed/latent", "executed/corruptions", "executed/heatmaps", "executed/adversarial"):
         text = (html / "book" / f"{page}.html").read_text()
         assert "{glue" not in text, page
     intro = (html / "book" / "intro.html").read_text()
