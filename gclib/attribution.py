@@ -217,13 +217,17 @@ def attribute(model: nn.Module, x: Tensor, method: str, baseline: Tensor, top, r
     return (attributions, torch.cat(deltas)) if return_delta else attributions
 
 
+def _check_attributions(attributions, x: Tensor) -> None:
+    if not isinstance(attributions, Tensor) or attributions.shape != x.shape:
+        raise InputError(f"attributions must have the shape of x {tuple(x.shape)}, got "
+                         f"{tuple(attributions.shape) if isinstance(attributions, Tensor) else attributions}")
+
+
 def completeness_gap(model: nn.Module, x: Tensor, attributions: Tensor, baseline: Tensor, top, runner,
                      batch_size: int = 500) -> Tensor:
     """``sum(attributions) - (f(x) - f(baseline))`` per image [N] (float64): 0 for a complete attribution."""
     _check_images(x)
-    if not isinstance(attributions, Tensor) or attributions.shape != x.shape:
-        raise InputError(f"attributions must have the shape of x {tuple(x.shape)}, got "
-                         f"{tuple(attributions.shape) if isinstance(attributions, Tensor) else attributions}")
+    _check_attributions(attributions, x)
     baseline = _check_baseline(baseline, x)
     top, runner = _check_pair(top, runner, len(x))
     f_x = margin(model, x, top, runner, batch_size).double()
@@ -273,9 +277,7 @@ def perturbation_curves(model: nn.Module, x: Tensor, attributions: Tensor, basel
         [N, k + 1] (float64, nats for a GC); map them with :func:`decision_probability` before :func:`auc`.
     """
     _check_images(x)
-    if not isinstance(attributions, Tensor) or attributions.shape != x.shape:
-        raise InputError(f"attributions must have the shape of x {tuple(x.shape)}, got "
-                         f"{tuple(attributions.shape) if isinstance(attributions, Tensor) else attributions}")
+    _check_attributions(attributions, x)
     baseline = _check_baseline(baseline, x)
     top, runner = _check_pair(top, runner, len(x))
     batch_size = _check_batch_size(batch_size)
