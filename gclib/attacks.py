@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .errors import InputError
+from .errors import InputError, check_batch
 from .model import check_images, nats_to_bits_per_dim
 
 __all__ = ["AttackResult", "Curve", "Objective", "NORMS", "ATTACKS", "cross_entropy_objective", "typical_objective",
@@ -80,10 +80,7 @@ def _device(model) -> torch.device:
 
 
 def _check(x, y, eps: float | None = None, norm: str | None = None) -> None:
-    if not isinstance(x, Tensor) or x.dim() != 4:
-        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-        raise InputError(f"expected a batch of images [N, C, H, W] in [0, 1], got {shape}")
-    check_images(x, tuple(x.shape[1:]))
+    check_images(check_batch(x, "images [N, C, H, W] in [0, 1]"), tuple(x.shape[1:]))
     if not isinstance(y, Tensor) or y.dim() != 1 or y.dtype not in (torch.int64, torch.int32, torch.int16,
                                                                     torch.uint8):
         raise InputError(f"expected integer labels y of shape [N], got "

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .errors import InputError
+from .errors import InputError, check_batch, check_batch_size
 
 __all__ = ["METHODS", "FAITHFULNESS_HEADERS", "Margin", "decision_pair", "margin", "attribute", "completeness_gap",
            "random_attribution", "pixel_order", "perturbation_curves", "decision_probability", "auc",
@@ -55,10 +55,7 @@ def _device(model: nn.Module) -> torch.device:
 
 
 def _check_images(x, name: str = "x") -> Tensor:
-    if not isinstance(x, Tensor) or x.dim() != 4 or len(x) == 0 or not x.is_floating_point():
-        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-        raise InputError(f"{name} must be a non-empty float batch of images [N, C, H, W], got {shape}")
-    return x
+    return check_batch(x, f"images [N, C, H, W] for {name}", floating=True)
 
 
 def _check_baseline(baseline, x: Tensor) -> Tensor:
@@ -79,10 +76,7 @@ def _check_pair(top, runner, n: int) -> tuple[Tensor, Tensor]:
     return top, runner
 
 
-def _check_batch_size(batch_size: int) -> int:
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise InputError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-    return batch_size
+_check_batch_size = check_batch_size
 
 
 class Margin(nn.Module):

@@ -13,6 +13,8 @@ __all__ = [
     "CheckpointError",
     "TrainingError",
     "BookError",
+    "check_batch",
+    "check_batch_size",
 ]
 
 
@@ -42,3 +44,25 @@ class TrainingError(GclibError, RuntimeError):
 
 class BookError(GclibError, RuntimeError):
     """The book pipeline stopped: an unknown parameter set, a failing notebook or a failing build."""
+
+
+def check_batch(x, what: str = "images [N, C, H, W]", dim: int = 4, floating: bool = False):
+    """Return ``x`` if it is a non-empty tensor of rank ``dim`` (and floating-point if asked), else raise.
+
+    The one shape check of the analysis modules (explain, latent, attribution, robust, attacks); value checks
+    for a particular model are :func:`gclib.model.check_images`'s.
+    """
+    import torch
+
+    if not isinstance(x, torch.Tensor) or x.dim() != dim or x.numel() == 0 or (floating and not x.is_floating_point()):
+        got = f"{tuple(x.shape)} {x.dtype}" if isinstance(x, torch.Tensor) else type(x).__name__
+        kind = "float " if floating else ""
+        raise InputError(f"expected a non-empty {kind}batch of {what}, got {got}")
+    return x
+
+
+def check_batch_size(batch_size) -> int:
+    """Return ``batch_size`` if it is an integer >= 1, else raise :class:`InputError`."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InputError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    return batch_size

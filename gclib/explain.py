@@ -16,7 +16,7 @@ import math
 import torch
 from torch import Tensor
 
-from .errors import InputError
+from .errors import InputError, check_batch, check_batch_size
 from .model import nats_to_bits_per_dim
 
 __all__ = ["gc_outputs", "logits", "dc_posterior", "typical_range", "atypical_fraction", "summary_row", "pick_examples",
@@ -28,12 +28,7 @@ SUMMARY_HEADERS = {"inputs": "inputs", "n": "n", "gc_atypical_pct": "GC: outside
 
 
 def _batches(x: Tensor, batch_size: int):
-    if not isinstance(x, Tensor) or x.dim() != 4 or len(x) == 0:
-        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-        raise InputError(f"expected a non-empty batch of images [N, C, H, W], got {shape}")
-    if batch_size < 1:
-        raise InputError(f"batch_size must be >= 1, got {batch_size}")
-    return x.split(batch_size)
+    return check_batch(x).split(check_batch_size(batch_size))
 
 
 @torch.no_grad()

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .errors import InputError
+from .errors import InputError, check_batch, check_batch_size
 
 __all__ = ["ClassSubspace", "class_subspace", "latents", "decode", "class_scores", "top_two", "move", "flip_point",
            "to_8bit", "out_of_range", "predict_unchecked", "predict_8bit", "counterfactuals", "counterfactual_stats",
@@ -112,15 +112,7 @@ def class_subspace(model, tol: float = 1e-8) -> ClassSubspace:
 
 
 # -- encode, decode, classify -----------------------------------------------------------------
-def _check_batch(x: Tensor, what: str = "images [N, C, H, W]", dim: int = 4) -> None:
-    if not isinstance(x, Tensor) or x.dim() != dim or len(x) == 0:
-        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-        raise InputError(f"expected a non-empty batch of {what}, got {shape}")
-
-
-def _check_batch_size(batch_size: int) -> None:
-    if batch_size < 1:
-        raise InputError(f"batch_size must be >= 1, got {batch_size}")
+_check_batch, _check_batch_size = check_batch, check_batch_size
 
 
 @torch.no_grad()

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .errors import InputError
+from .errors import InputError, check_batch
 
 __all__ = ["CORRUPTIONS", "SEVERITIES", "MAX_SEVERITY", "CORRUPTION_HEADERS", "corrupt", "error_consistency",
            "error_consistency_se", "accuracy_se", "corruption_row", "plot_corruptions"]
@@ -192,9 +192,7 @@ assert set(_FUNCTIONS) == set(SEVERITIES)
 
 
 def _check_images(x) -> None:
-    if not isinstance(x, Tensor) or x.dim() != 4 or x.numel() == 0:
-        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-        raise InputError(f"expected a non-empty batch of images [N, C, H, W] as a tensor, got {shape}")
+    check_batch(x)
     if not x.is_floating_point():
         raise InputError(f"expected float images in [0, 1], got dtype {x.dtype} (divide uint8 images by 255)")
     if not torch.isfinite(x).all():
