@@ -16,10 +16,15 @@ permutation matrix and its inverse, and the Haar filters. Being C x C per block,
 most of the ImageNet GC's parameters (64 M of 106 M), so the trainable count is given as well.
 
 The GC's class log-likelihoods have a part that does not depend on the batch: the squared norms of the
-low-rank class means, ``||coeff[y] @ basis||^2``, which need ``basis @ basis.T`` once per call. For the
-ImageNet config that is about 4.9 GFLOPs, nearly as much as the work per image (5.5 GFLOPs), and it could be cached at
-evaluation time. The table therefore gives it apart (``gc_fixed_gflops``) and counts as the cost per
-image only the part that grows with the batch.
+low-rank class means, ``||coeff[y] @ basis||^2``, which need ``basis @ basis.T``. For the ImageNet config
+that is about 4.9 GFLOPs, nearly as much as the work per image (5.5 GFLOPs), and every call pays it (a
+cache keyed on the parameters' version counters would go stale: PyTorch's fused optimizers update
+parameters without bumping them). The table therefore gives it apart (``gc_fixed_gflops``) and counts
+as the cost per image only the part that grows with the batch.
+
+The measured columns (training images/s and memory of GC and DC) are not measured here: they come from
+the benchmark's records (``python -m gclib.bench``, ``figures/table_throughput.json``), one setting per
+config (a GPU's if there is one, then the largest batch); the full set is ``table_throughput``.
 
 >>> row = architecture_rows(["fashion-mnist"], flops=False)[0]
 >>> row["input_shape"], row["latent_dims"], row["full_mean_dims"] + row["low_rank_dims"]
@@ -38,7 +43,7 @@ from .configs import get_config
 from .model import FeedForwardClassifier, GenerativeClassifier
 
 __all__ = ["architecture_rows", "architecture_row", "forward_flops", "batch_flops", "low_rank_norm_flops",
-           "HEADERS", "headers"]
+           "measured_columns", "HEADERS", "MEASURED_HEADERS", "headers"]
 
 DEFAULT_CONFIGS = ("fashion-mnist", "cifar10", "imagenet")
 
@@ -64,6 +69,16 @@ HEADERS: dict[str, str] = {
     "gc_fixed_gflops": "GC GFLOPs / call",
     "dc_gflops": "DC GFLOPs / image",
 }
+
+#: Titles of the measured columns, which every row has (empty where the config was not measured).
+MEASURED_HEADERS: dict[str, str] = {
+    "measured_on": "measured on",
+    "gc_train_images_per_s": "GC train img/s",
+    "dc_train_images_per_s": "DC train img/s",
+    "gc_train_memory_mib": "GC train memory (MiB)",
+    "dc_train_memory_mib": "DC train memory (MiB)",
+}
+HEADERS.update(MEASURED_HEADERS)
 
 
 def headers(keys: Iterable[str] | None = None) -> dict[str, str]:
@@ -122,11 +137,37 @@ def _n_params(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
+def measured_columns(name: str, records: list[dict] | None) -> dict:
+    """The measured columns of config ``name`` from benchmark records (``gclib.bench``).
+
+    Args:
+        name: a config name.
+        records: the records of ``figures/table_throughput.json`` (``gclib.bench.load_records``), or None.
+
+    Returns:
+        A dict with the keys of ``MEASURED_HEADERS``: the record of a GPU if there is one, else the
+        CPU's, at the largest training batch (bf16 preferred on a GPU, eager before compiled); empty
+        strings if none.
+    """
+    from .bench import table_rows
+
+    mine = [r for r in records or [] if r["config"] == name]
+    if not mine:
+        return dict.fromkeys(MEASURED_HEADERS, "")
+    best = max(mine, key=lambda r: (r["device_type"] == "cuda", r["batch_size"], r.get("amp", False),
+                                     not r.get("compile", False)))
+    row = table_rows([best])[0]
+    return {
+        "measured_on": f"{best['device']}, batch {best['batch_size']}, {best['precision']}",
+        **{key: row[key] for key in MEASURED_HEADERS if key != "measured_on"},
+    }
+
+
 def _gflops(flops: int) -> float:
     return float(f"{flops / 1e9:.4g}")
 
 
-def architecture_row(name: str, flops: bool = True, dc_stem_stride: int = 1) -> dict:
+def architecture_row(name: str, flops: bool = True, dc_stem_stride: int = 1, records: list[dict] | None = None) -> dict:
     """One row of ``table_architectures`` for the config ``name``.
 
     Args:
@@ -134,6 +175,7 @@ def architecture_row(name: str, flops: bool = True, dc_stem_stride: int = 1) -> 
         flops: also count the forward FLOPs of both models (the ``*_gflops`` keys).
         dc_stem_stride: stride of the DC's stem below 64 px (the model zoo's Fashion-MNIST ResNet-18
             uses 2, which takes 4x fewer FLOPs and the same parameters).
+        records: benchmark records for the measured columns (see ``measured_columns``).
 
     Returns:
         A dict of plain ints, floats and strings; the keys are those of ``HEADERS``.
@@ -166,11 +208,12 @@ def architecture_row(name: str, flops: bool = True, dc_stem_stride: int = 1) -> 
         row["gc_gflops"] = _gflops(gc_per_image)
         row["gc_fixed_gflops"] = _gflops(gc_per_call)
         row["dc_gflops"] = _gflops(dc_per_image)
+    row.update(measured_columns(cfg.name, records))
     return row
 
 
 def architecture_rows(names: Iterable[str] | str = DEFAULT_CONFIGS, flops: bool = True,
-                      dc_stem_stride: int = 1) -> list[dict]:
+                      dc_stem_stride: int = 1, records: list[dict] | None = None) -> list[dict]:
     """The rows of ``table_architectures``: one per config, GC beside its feed-forward baseline.
 
     Columns: the config's input shape and classes; the latent size (the flow is invertible, so it
@@ -189,13 +232,15 @@ def architecture_rows(names: Iterable[str] | str = DEFAULT_CONFIGS, flops: bool 
         flops: also count the forward FLOPs (the ``*_gflops`` columns); without, only shapes and
             parameters.
         dc_stem_stride: stride of the DC's stem for inputs below 64 px, see ``architecture_row``.
+        records: benchmark records (``gclib.bench.load_records("figures/table_throughput.json")``) for the
+            measured columns: training images/s and memory; without, those columns are empty.
 
     Returns:
         A list of dicts with the same keys, ready for ``gclib.plotting.save_table``.
     """
     if isinstance(names, str):
         names = [n.strip() for n in names.split(",") if n.strip()]
-    return [architecture_row(name, flops=flops, dc_stem_stride=dc_stem_stride) for name in names]
+    return [architecture_row(name, flops=flops, dc_stem_stride=dc_stem_stride, records=records) for name in names]
 
 
 def low_rank_norm_flops(name: str) -> int:

@@ -22,12 +22,11 @@ import numpy as np
 import torch
 import torchvision
 from FrEIA.framework import SequenceINN
-from FrEIA.modules import HaarDownsampling
 from torch import Tensor, nn
 
 from .configs import Config, ModelConfig, get_config
 from .errors import ConfigError, InputError
-from .modules import BottleneckSubnet, CouplingBlock, DCTPooling, Normalize, ResNetSubnet
+from .modules import BottleneckSubnet, CouplingBlock, DCTPooling, Float32Haar, Normalize, ResNetSubnet, float32
 
 __all__ = ["GenerativeClassifier", "GaussianMixtureHead", "FeedForwardClassifier", "check_images"]
 
@@ -124,9 +123,13 @@ class GaussianMixtureHead(nn.Module):
         return torch.cat([fc, coeff @ self.mu_basis], dim=1)
 
     def log_density(self, z: Tensor) -> Tensor:
-        """log N(z; mu_y, I) for every class, [B, C], in float32 (float64 if z is)."""
-        dtype = torch.float64 if z.dtype == torch.float64 else torch.float32
-        z = z.to(dtype)
+        """log N(z; mu_y, I) for every class, [B, C], in float32 (float64 if z is), also under autocast."""
+        z, ctx = float32(z)
+        with ctx:
+            return self._log_density(z)
+
+    def _log_density(self, z: Tensor) -> Tensor:
+        dtype = z.dtype
         z_fc, z_rest = z[:, : self.n_fc_dims], z[:, self.n_fc_dims :]
         mu_fc = self.mu_fc.to(dtype)
         cross = z_fc @ mu_fc.T
@@ -188,11 +191,11 @@ class GenerativeClassifier(nn.Module):
         flow = SequenceINN(*cfg.input_shape)
         flow.append(Normalize, mean=cfg.data_mean, std=cfg.data_std)
         for _ in range(cfg.entry_downsamples):
-            flow.append(HaarDownsampling)
+            flow.append(Float32Haar)
         subnet_cls = ResNetSubnet if cfg.subnet == "resnet" else BottleneckSubnet
         for blocks, stride, width in zip(cfg.stage_blocks, cfg.stage_strides, cfg.stage_widths):
             if stride == 2:
-                flow.append(HaarDownsampling)
+                flow.append(Float32Haar)
             for _ in range(blocks):
                 flow.append(
                     CouplingBlock,
@@ -281,7 +284,8 @@ class GenerativeClassifier(nn.Module):
         return self.class_log_likelihoods(x).argmax(1)
 
     @torch.no_grad()
-    def sample(self, y: Tensor | int | list, temperature: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
+    def sample(self, y: Tensor | int | list, temperature: float = 1.0,
+               generator: torch.Generator | None = None) -> Tensor:
         """Images drawn from p(x|y) with the latent noise scaled by ``temperature``, [len(y), C, H, W]."""
         y = torch.as_tensor(y, device=self.device).reshape(-1).long()
         if y.numel() == 0 or int(y.min()) < 0 or int(y.max()) >= self.num_classes:

@@ -2,6 +2,10 @@
 
 Every module here keeps FrEIA's contract: ``forward(x_tuple, rev=False, jac=True)`` returns
 ``(output_tuple, log|det J|)`` per sample, and ``rev=True`` returns the inverse and minus the log-det.
+
+Mixed precision: under ``torch.autocast`` only the coupling subnetworks' convolutions run in bfloat16.
+The flow's own path (the Haar wavelets, the affine coupling update and its log-det, the DCT) stays in
+float32, because log p(x) sums hundreds of thousands of such terms: see ``float32``.
 """
 
 from __future__ import annotations
@@ -9,10 +13,29 @@ from __future__ import annotations
 import math
 
 import torch
-from FrEIA.modules import AllInOneBlock, InvertibleModule
+from FrEIA.modules import AllInOneBlock, HaarDownsampling, InvertibleModule
 from torch import nn
 
-__all__ = ["Normalize", "DCTPooling", "dct_matrix", "CouplingBlock", "ResNetSubnet", "BottleneckSubnet"]
+__all__ = ["Normalize", "DCTPooling", "dct_matrix", "CouplingBlock", "Float32Haar", "ResNetSubnet",
+           "BottleneckSubnet", "float32"]
+
+
+def float32(x: torch.Tensor) -> tuple[torch.Tensor, torch.autocast]:
+    """``x`` in float32 (float64 stays float64) and a context that switches autocast off on its device.
+
+    Under bf16 autocast a matmul or convolution would round its float32 inputs to 8 mantissa bits; on
+    the flow's main path that would round every latent, and for ImageNet ||z||^2 (about 1.5e5) to a
+    multiple of 1024. The modules below run their arithmetic inside this context.
+
+    Args:
+        x: a tensor.
+
+    Returns:
+        ``(x_float, context)``; use as ``x, ctx = float32(x)`` then ``with ctx: ...``.
+    """
+    if x.dtype not in (torch.float32, torch.float64):
+        x = x.float()
+    return x, torch.autocast(device_type=x.device.type, enabled=False)
 
 
 class Normalize(InvertibleModule):
@@ -78,7 +101,11 @@ class DCTPooling(InvertibleModule):
         return self._cache[key]
 
     def forward(self, x, c=None, rev=False, jac=True):
-        x = x[0]
+        x, ctx = float32(x[0])
+        with ctx:
+            return self._forward(x, rev)
+
+    def _forward(self, x, rev):
         channels, height, width = self.shape
         batch = x.shape[0]
         zero = x.new_zeros(batch)
@@ -117,12 +144,32 @@ class CouplingBlock(AllInOneBlock):
         self._perm.copy_(w.argmax(1))
         self._perm_inv.copy_(w.argmax(0))
 
+    def _affine(self, x, a, rev=False):
+        # Under autocast the subnet's output is bfloat16: the coupling update and its log-det are computed
+        # from it in float32 (for float32 inputs this is FrEIA's arithmetic unchanged).
+        x, ctx = float32(x)
+        with ctx:
+            return super()._affine(x, a.to(x.dtype), rev)
+
     def _permute(self, x, rev=False):
         scale = self.global_scale_activation(self.global_scale)
         log_jac = torch.sum(torch.log(scale))
         if rev:
             return (x[:, self._perm_inv] - self.global_offset) / scale, log_jac
         return (x * scale + self.global_offset)[:, self._perm], log_jac
+
+
+class Float32Haar(HaarDownsampling):
+    """FrEIA's ``HaarDownsampling`` computed in float32 also under autocast (see ``float32``).
+
+    The wavelet is a strided convolution with weights +-1/2, which autocast would run in bfloat16 and so
+    round the flow's whole activation. Same parameters and state dict as FrEIA's module.
+    """
+
+    def forward(self, x, c=None, jac=True, rev=False):
+        x0, ctx = float32(x[0])
+        with ctx:
+            return super().forward((x0,), c=c, jac=jac, rev=rev)
 
 
 def _zero_init(layer: nn.Conv2d) -> nn.Conv2d:

@@ -12,35 +12,47 @@ Multi-GPU (or multi-process CPU) training uses PyTorch's DistributedDataParallel
 
     torchrun --nproc_per_node=4 -m gclib.train --config imagenet --data-root /data/imagenet --beta 8 --out runs/in-b8
 
-Each process takes ``--batch-size`` images a step (the effective batch is N times larger); only rank 0
-logs, evaluates and writes checkpoints, which load on a single process.
+Each process takes ``--batch-size`` images a step (the effective batch is N times larger) from its own
+shard of the epoch's seeded permutation (``shard_indices``: what ``DistributedSampler`` does); only rank 0
+logs, evaluates and writes checkpoints, which load, and resume, on a single process.
+
+Speed (see the book's scaling chapter and ``python -m gclib.bench``): the step makes no host sync (the
+non-finite check runs on the device through the fused optimizer's ``found_inf``; losses are summed on
+the device and read at logging intervals); ``amp`` runs the coupling subnetworks in bfloat16 with the
+log-det and the Gaussian-mixture head in float32; ``channels_last`` and ``compile`` (``torch.compile``)
+are options; the training DataLoader keeps its worker processes across epochs and pins memory on CUDA.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import ctypes
+import ctypes.util
 import json
 import math
 import os
+import platform
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 from tqdm import tqdm  # text bars: tqdm.auto needs ipywidgets in notebooks and warns without them
 
 from . import checkpoints
 from .configs import config_names, get_config
-from .data import augment, dequantize
+from .data import ImageDataset, augment, dequantize
 from .errors import ConfigError, TrainingError
 from .model import FeedForwardClassifier, GenerativeClassifier, nats_to_bits_per_dim
 
-__all__ = ["parse_beta", "ib_loss", "learning_rate", "fit", "evaluate", "main"]
+__all__ = ["parse_beta", "ib_loss", "learning_rate", "fit", "evaluate", "shard_indices", "make_optimizer",
+           "optimizer_step", "tune_cpu_allocator", "main"]
 
 
 def parse_beta(beta) -> float:
@@ -133,23 +145,68 @@ def _collate(batch):
     return default_collate(batch)
 
 
-def _loader(dataset: Dataset, indices: list[int] | None, batch_size: int, device: torch.device, num_workers: int,
-            drop_last: bool) -> DataLoader:
+def _loader(dataset: Dataset, sampler, batch_size: int, device: torch.device, num_workers: int,
+            drop_last: bool, persistent: bool = False) -> DataLoader:
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        sampler=indices,
+        sampler=sampler,
         shuffle=False,
         drop_last=drop_last,
         num_workers=num_workers,
         pin_memory=device.type == "cuda",
-        persistent_workers=False,
+        persistent_workers=persistent and num_workers > 0,
         collate_fn=_collate,
     )
 
 
+class _EpochSampler(Sampler[int]):
+    """The indices of the current epoch, set before each pass, so that one DataLoader (and its worker
+    processes) serves the whole run; DataLoader re-reads the sampler whenever a pass starts."""
+
+    def __init__(self):
+        self.indices: list[int] = []
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def _default_workers(dataset: Dataset, world: int) -> int:
+    # In-memory images are sliced a whole batch at a time (ImageDataset.__getitems__): worker processes
+    # would only add copies. Files (ImageNet JPEGs) need decoding in parallel to keep a GPU fed.
+    if isinstance(dataset, ImageDataset):
+        return 0
+    return min(8, max(1, (os.cpu_count() or 1) // world - 1))
+
+
 def _epoch_order(n: int, seed: int, epoch: int) -> Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+
+
+def shard_indices(n: int, seed: int, epoch: int, rank: int = 0, world: int = 1, batch_size: int = 1) -> Tensor:
+    """The image indices process ``rank`` of ``world`` trains on in ``epoch``, in order.
+
+    The epoch's permutation of all ``n`` images (a function of seed and epoch) is dealt round-robin over
+    the processes, as ``torch.utils.data.DistributedSampler`` does, and each share is cut to whole
+    batches so that every process takes the same number of steps. Shares are disjoint; together they
+    cover all but fewer than ``world * batch_size`` images of the epoch.
+
+    Args:
+        n: images in the training set.
+        seed: the run's seed.
+        epoch: 0-based epoch.
+        rank: this process.
+        world: number of processes.
+        batch_size: images per step and process.
+
+    Returns:
+        int64 indices, ``(n // world) // batch_size * batch_size`` of them.
+    """
+    steps = (n // world) // batch_size
+    return _epoch_order(n, seed, epoch)[rank::world][: steps * batch_size]
 
 
 def _step_generator(device: torch.device, seed: int, step: int) -> torch.Generator:
@@ -160,39 +217,158 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+_ALLOCATOR_TUNED = False
+
+
+def tune_cpu_allocator() -> bool:
+    """Let glibc's malloc keep freed memory in the process instead of returning it to the OS at once.
+
+    With its defaults, glibc gives large freed blocks back to the kernel (``munmap``, heap trimming) and
+    the next tensor of the same size page-faults its memory in again. The profile of a Fashion-MNIST
+    evaluation pass on the CPU spent over a third of its time in those page faults (kernel time). This
+    sets ``M_MMAP_THRESHOLD`` to 32 MiB (the most glibc allows) and ``M_TRIM_THRESHOLD`` to 1 GiB, the
+    in-process form of ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_``; jemalloc or tcmalloc
+    (``LD_PRELOAD``) do the same job. Numbers are unchanged; the process's resident memory after its
+    peak stays higher. Process-wide and idempotent; ``fit``, ``evaluate`` and ``gclib.bench`` call it
+    for CPU work. Set ``GCLIB_MALLOC_TUNING=0`` to leave malloc alone.
+
+    Returns:
+        True if the settings are in effect (glibc), else False.
+    """
+    global _ALLOCATOR_TUNED
+    if _ALLOCATOR_TUNED:
+        return True
+    if os.environ.get("GCLIB_MALLOC_TUNING", "1") == "0" or platform.system() != "Linux":
+        return False
+    if platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3  # from <malloc.h>
+        ok = libc.mallopt(m_trim_threshold, 1 << 30) == 1 and libc.mallopt(m_mmap_threshold, 32 << 20) == 1
+    except (OSError, AttributeError):
+        return False
+    _ALLOCATOR_TUNED = bool(ok)
+    return _ALLOCATOR_TUNED
+
+
+def make_optimizer(name: str, params: list, lr: float, weight_decay: float = 0.0) -> tuple[torch.optim.Optimizer, bool]:
+    """Adam or SGD (momentum 0.9, Nesterov), fused where PyTorch has a fused kernel for the parameters.
+
+    The fused kernels update all tensors in one call (fewer kernel launches on a GPU, about half of
+    Adam's time per step on the CPU) and accept a ``found_inf`` flag, which ``optimizer_step`` uses to
+    skip a step on the device.
+
+    Args:
+        name: ``"adam"`` or ``"sgd"``.
+        params: the parameters to train.
+        lr: learning rate.
+        weight_decay: L2 penalty.
+
+    Returns:
+        ``(optimizer, fused)``.
+    """
+    cls, kwargs = {
+        "adam": (torch.optim.Adam, {}),
+        "sgd": (torch.optim.SGD, {"momentum": 0.9, "nesterov": True}),
+    }.get(name, (None, None))
+    if cls is None:
+        raise ConfigError(f"unknown optimizer {name!r}; use adam or sgd")
+    try:
+        return cls(params, lr=lr, weight_decay=weight_decay, fused=True, **kwargs), True
+    except (RuntimeError, TypeError, ValueError):  # no fused kernel for this device or dtype
+        return cls(params, lr=lr, weight_decay=weight_decay, **kwargs), False
+
+
+def optimizer_step(opt: torch.optim.Optimizer, grad_norm: Tensor, fused: bool) -> Tensor:
+    """``opt.step()`` unless ``grad_norm`` is non-finite, without reading the flag on the host.
+
+    A fused optimizer gets the flag as ``found_inf`` (the attribute ``torch.amp.GradScaler`` sets): its
+    kernel leaves parameters, moments and step counts untouched when the flag is 1, so no host sync is
+    needed. Other optimizers, and a fused one before its first step (SGD initialises its momentum
+    buffers then), read the flag on the host. Both ways give the same weights.
+
+    Args:
+        opt: the optimizer (its gradients are set).
+        grad_norm: the total gradient norm, e.g. from ``clip_grad_norm_``.
+        fused: whether ``opt`` was built with ``fused=True``.
+
+    Returns:
+        The 0-dim bool tensor ``isfinite(grad_norm)``, on the device.
+    """
+    finite = torch.isfinite(grad_norm)
+    if fused and opt.state:
+        opt.found_inf = (~finite).to(torch.float32)
+        opt.step()
+    else:
+        opt.found_inf = None
+        if finite:  # host sync
+            opt.step()
+    return finite
+
+
+def _use_fused(opt: torch.optim.Optimizer, fused: bool) -> None:
+    # A resumed optimizer takes the saved param_groups, including their 'fused' flag: restore ours, and
+    # put fused Adam's step counters on the parameters' device, where its kernel reads them.
+    for group in opt.param_groups:
+        group["fused"], group["foreach"] = (True, None) if fused else (None, group.get("foreach"))
+        for p in group["params"]:
+            state = opt.state.get(p, {})
+            if fused and torch.is_tensor(state.get("step")):
+                state["step"] = state["step"].to(p.device, torch.float32)
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, dataset: Dataset, batch_size: int = 500, device=None, seed: int = 0,
-             progress: bool = False, num_workers: int = 0) -> dict:
+             progress: bool = False, num_workers: int = 0, amp: bool = False) -> dict:
     """Accuracy, label NLL and (for a GC) bits/dim of ``model`` on ``dataset``.
 
     Predictions use the images as given (like ``model.predict``); bits/dim uses them dequantized with
-    uniform noise from a generator seeded with ``seed``, so the figure is reproducible.
+    uniform noise from a generator seeded with ``seed``, so the figure is reproducible. Sums stay on the
+    device (in float64) and are read once at the end.
+
+    Args:
+        model: a ``GenerativeClassifier`` or ``FeedForwardClassifier`` (or one wrapped in DDP).
+        dataset: (image in [0, 1], label) pairs.
+        batch_size: images per forward pass.
+        device: where to run (default: the model's device).
+        seed: seed of the dequantization noise.
+        progress: show a progress bar.
+        num_workers: DataLoader worker processes.
+        amp: bfloat16 autocast (the GC's log-dets and Gaussian head stay float32).
 
     Returns:
         dict with ``n``, ``correct``, ``accuracy``, ``nll`` (nats) and, for a GC, ``bits_per_dim``.
     """
     model = getattr(model, "module", model)
     device = torch.device(device) if device else next(model.parameters()).device
+    if device.type == "cpu":
+        tune_cpu_allocator()
     was_training = model.training
     model.eval()
     generative = isinstance(model, GenerativeClassifier)
     generator = torch.Generator().manual_seed(seed)
-    n, correct, nll, bpd_sum = 0, 0, 0.0, 0.0
+    sums = torch.zeros(4, dtype=torch.float64, device=device)  # correct, nll, bits/dim, n
     loader = _loader(dataset, None, batch_size, device, num_workers, drop_last=False)
+    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp)
     for x, y in tqdm(loader, desc="evaluate", disable=not progress, leave=False):
         noise_input = dequantize(x, generator) if generative else None
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        if generative:
-            cll, _ = model._class_log_likelihoods(x.to(model.head.mu_fc.dtype))
-            log_joint = cll + model.head.log_prior
-            cll_deq, _ = model._class_log_likelihoods(noise_input.to(device, model.head.mu_fc.dtype))
-            log_px = torch.logsumexp(cll_deq + model.head.log_prior, dim=1)
-            bpd_sum += float(nats_to_bits_per_dim(log_px, model.n_dims).double().sum())
-        else:
-            log_joint = model._logits(x)
-        nll += float(F.cross_entropy(log_joint.double(), y, reduction="sum"))
-        correct += int((log_joint.argmax(1) == y).sum())
-        n += len(y)
+        bpd = sums.new_zeros(())
+        with autocast:
+            if generative:
+                cll, _ = model._class_log_likelihoods(x.to(model.head.mu_fc.dtype))
+                log_joint = cll + model.head.log_prior
+                cll_deq, _ = model._class_log_likelihoods(noise_input.to(device, model.head.mu_fc.dtype))
+                log_px = torch.logsumexp(cll_deq + model.head.log_prior, dim=1)
+                bpd = nats_to_bits_per_dim(log_px, model.n_dims).double().sum()
+            else:
+                log_joint = model._logits(x).float()
+        nll = F.cross_entropy(log_joint.double(), y, reduction="sum")
+        correct = (log_joint.argmax(1) == y).sum()
+        sums += torch.stack([correct.double(), nll, bpd, nll.new_full((), len(y))])
+    correct, nll, bpd_sum, n = sums.tolist()
+    correct, n = int(correct), int(n)
     model.train(was_training)
     result = {"n": n, "correct": correct, "accuracy": correct / max(n, 1), "nll": nll / max(n, 1)}
     if generative:
@@ -248,7 +424,8 @@ def fit(model: nn.Module, train: Dataset, val: Dataset | None = None, *, beta=8.
         warmup_fraction: float | None = None, grad_clip: float | None = None, burn_in_steps: int | None = None,
         augment_flip: bool | None = None, augment_shift: int | None = None, seed: int = 0, device=None,
         resume: bool = False, checkpoint_every: int | None = None,
-        num_workers: int = 0, amp: bool = False, progress: bool = True, log_every: int = 20,
+        num_workers: int | None = None, amp: bool = False, channels_last: bool = False, compile: bool = False,
+        progress: bool = True, log_every: int = 20,
         max_bad_steps: int = 20, max_steps: int | None = None, callback=None, test: Dataset | None = None,
         dataset_name: str | None = None) -> list[dict]:
     """Train a GC with the IB loss (or a feed-forward model with cross-entropy); returns the epoch log.
@@ -260,8 +437,16 @@ def fit(model: nn.Module, train: Dataset, val: Dataset | None = None, *, beta=8.
         out: run folder for ``log.csv``, the training state (``last.json``) and ``final.{safetensors,json}``.
         resume: continue from ``out/last.json``; a fresh start if there is none.
         checkpoint_every: also save the training state every N steps (always at each epoch end).
-        amp: bf16 autocast on CUDA (the GMM head and log-dets stay float32).
+        num_workers: DataLoader worker processes, kept across epochs (default: 0 for in-memory datasets,
+            else up to 8 per process).
+        amp: bf16 autocast (the coupling subnetworks in bf16; the GMM head and log-dets stay float32).
+            Fast on GPUs; on a CPU only where it has bf16 instructions.
+        channels_last: NHWC memory format for the convolutions (for GPUs; no gain measured on the CPU).
+        compile: ``torch.compile`` the model and loss (minutes of compilation first; needs a C++ compiler
+            on the CPU). Numbers differ from eager mode by float32 rounding only.
         augment_flip, augment_shift: random horizontal flips / translations (pixels) of training images.
+        log_every: steps between progress-bar updates; on a GPU also between the host reads of the
+            running sums and of the non-finite-step counter (the step itself never waits for the GPU).
         max_bad_steps: consecutive non-finite steps (skipped, weights untouched) before giving up.
         max_steps: stop after this many steps in total (for smoke runs).
         callback: ``callback(step, loss)`` after every optimizer step (tests use it to simulate a crash).
@@ -289,20 +474,24 @@ def fit(model: nn.Module, train: Dataset, val: Dataset | None = None, *, beta=8.
 
     device = torch.device(device) if device else default_device()
     rank, world, device, created_group = _setup_distributed(device)
-    model.to(device).train()
+    if device.type == "cpu":
+        tune_cpu_allocator()
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick the fastest kernels once
+    if num_workers is None:
+        num_workers = _default_workers(train, world)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model.to(device=device, memory_format=memory_format).train()
     objective: nn.Module = _Objective(model, beta)
     if world > 1:
-        objective = nn.parallel.DistributedDataParallel(objective, device_ids=[device] if device.type == "cuda" else None)
+        objective = nn.parallel.DistributedDataParallel(
+            objective, device_ids=[device] if device.type == "cuda" else None)
+    if compile:
+        objective = torch.compile(objective, dynamic=False)
     params = [p for p in model.parameters() if p.requires_grad]
-    if optimizer_name == "adam":
-        opt = torch.optim.Adam(params, lr=base_lr, weight_decay=weight_decay)
-    elif optimizer_name == "sgd":
-        opt = torch.optim.SGD(params, lr=base_lr, momentum=0.9, weight_decay=weight_decay, nesterov=True)
-    else:
-        raise ConfigError(f"unknown optimizer {optimizer_name!r}; use adam or sgd")
+    opt, fused = make_optimizer(optimizer_name, params, base_lr, weight_decay)
 
-    n_per_rank = len(train) // world
-    steps_per_epoch = n_per_rank // batch_size
+    steps_per_epoch = (len(train) // world) // batch_size  # = len(shard_indices(...)) // batch_size
     if steps_per_epoch == 0:
         raise ConfigError(f"the training set ({len(train)} images over {world} process(es)) is smaller than "
                           f"one batch ({batch_size}); lower batch_size")
@@ -317,27 +506,50 @@ def fit(model: nn.Module, train: Dataset, val: Dataset | None = None, *, beta=8.
                 raise TrainingError(f"{out} already holds a training run; resume it (resume=True / --resume) "
                                     "or choose another out folder")
             record = checkpoints.load_training_state(out, model, opt)
+            _use_fused(opt, fused)
             step, start_epoch, start_batch = record["step"], record["epoch"], record["batch_in_epoch"]
+            start_batch = _rebatch(start_batch, record.get("processes", 1), world, rank)
             elapsed = record.get("elapsed_s", 0.0)
             history = [row for row in _read_log(out) if row["epoch"] <= start_epoch]
             if rank == 0:
                 print(f"resuming {out} at epoch {start_epoch + 1}, step {step}", file=sys.stderr)
     generative = isinstance(model, GenerativeClassifier)
-    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda")
+    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp)
+    sampler = _EpochSampler()
+    loader = _loader(train, sampler, batch_size, device, num_workers, drop_last=True, persistent=True)
+    check_every = _check_interval(device, log_every)
 
     def save_state(epoch: int, batch_in_epoch: int) -> None:
         if out and rank == 0:
             checkpoints.save_training_state(out, model, opt, {
                 "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "beta": beta_label(beta),
-                "seed": seed, "elapsed_s": elapsed + time.perf_counter() - t_start})
+                "seed": seed, "processes": world, "elapsed_s": elapsed + time.perf_counter() - t_start})
 
-    bad_steps = 0
+    bad_run = torch.zeros((), dtype=torch.int64, device=device)  # consecutive non-finite steps
+    bad_total = torch.zeros((), dtype=torch.int64, device=device)
+    reported_bad, checked_step = 0, step
+
+    def check_bad_steps(epoch: int) -> None:
+        nonlocal reported_bad, checked_step
+        run, total = int(bad_run), int(bad_total)  # host sync
+        if total > reported_bad and rank == 0:
+            steps = f"step {step}" if step == checked_step + 1 else f"steps {checked_step + 1}-{step}"
+            tqdm.write(f"{steps}: {total - reported_bad} step(s) with a non-finite loss or gradient skipped, "
+                       "weights untouched")
+        reported_bad, checked_step = total, step
+        if run > max_bad_steps:
+            raise TrainingError(
+                f"the loss was non-finite for {run} steps in a row (last at step {step}, epoch "
+                f"{epoch + 1}); training stopped, the last good checkpoint in {out} is intact. Try a lower "
+                "lr, a smaller affine clamp, more burn_in_steps or a stronger grad_clip"
+            )
+
     for epoch in range(start_epoch, epochs):
         skip = start_batch if epoch == start_epoch else 0
-        order = _epoch_order(len(train), seed, epoch)[rank::world][: steps_per_epoch * batch_size]
-        loader = _loader(train, order[skip * batch_size :].tolist(), batch_size, device, num_workers, drop_last=True)
-        sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, l_x, l_y, correct (no per-step sync)
-        seen = 0
+        order = shard_indices(len(train), seed, epoch, rank, world, batch_size)
+        sampler.indices = order[skip * batch_size :].tolist()
+        # Sums of loss, L_X, L_Y, correct and images over the good steps, kept on the device.
+        sums = torch.zeros(5, dtype=torch.float64, device=device)
         t_start = time.perf_counter()
         bar = tqdm(total=steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{epochs}", unit="step",
                    disable=not progress or rank != 0, dynamic_ncols=True, mininterval=1.0)
@@ -348,6 +560,8 @@ def fit(model: nn.Module, train: Dataset, val: Dataset | None = None, *, beta=8.
                 x = augment(x, generator, flip=augment_flip, max_shift=augment_shift)
             if generative:
                 x = dequantize(x, generator).to(model.head.mu_fc.dtype)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
             current_lr = learning_rate(step, total_steps, base_lr, schedule, warmup_fraction, burn_in_steps)
             for group in opt.param_groups:
                 group["lr"] = current_lr
@@ -356,45 +570,42 @@ def fit(model: nn.Module, train: Dataset, val: Dataset | None = None, *, beta=8.
             opt.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
-            # A non-finite loss or gradient must not touch the weights: skip the step. Gradients are
-            # all-reduced first, so every process takes the same decision.
-            if torch.isfinite(grad_norm):
-                opt.step()
-                bad_steps = 0
-                sums += torch.stack([loss.detach() * len(y), l_x * len(y), l_y * len(y), correct]).double()
-                seen += len(y)
-            else:
-                opt.zero_grad(set_to_none=True)
-                bad_steps += 1
-                if rank == 0:
-                    tqdm.write(f"step {step}: non-finite loss or gradient ({float(loss.detach()):.4g}); step skipped")
-                if bad_steps > max_bad_steps:
-                    raise TrainingError(
-                        f"the loss was non-finite for {bad_steps} steps in a row (last at step {step}, epoch "
-                        f"{epoch + 1}); training stopped, the last good checkpoint in {out} is intact. Try a lower "
-                        "lr, a smaller affine clamp, more burn_in_steps or a stronger grad_clip"
-                    )
+            # A non-finite loss or gradient must not touch the weights: the step is skipped on the device.
+            # Gradients are all-reduced first, so every process takes the same decision.
+            finite = optimizer_step(opt, grad_norm, fused)
+            n = len(y)
+            batch_sums = torch.stack([loss.detach() * n, l_x * n, l_y * n, correct, correct.new_full((), n)]).double()
+            sums += torch.where(finite, batch_sums, 0.0)
+            bad_run = torch.where(finite, 0, bad_run + 1)
+            bad_total += (~finite).long()
             step += 1
             bar.update(1)
-            if step % log_every == 0 and seen:
-                s = (sums / seen).tolist()
-                bar.set_postfix(loss=f"{s[0]:.3f}", acc=f"{sums[3].item() / seen:.3f}", lr=f"{current_lr:.2g}")
+            if step % check_every == 0:
+                check_bad_steps(epoch)
+            if step % log_every == 0 and bar.n and not bar.disable:
+                s = sums.tolist()  # host sync, at logging intervals only
+                seen = max(s[4], 1)
+                bar.set_postfix(loss=f"{s[0] / seen:.3f}", acc=f"{s[3] / seen:.3f}", lr=f"{current_lr:.2g}")
             if callback is not None:
                 callback(step, loss.detach())
             if checkpoint_every and step % checkpoint_every == 0:
+                check_bad_steps(epoch)
                 save_state(epoch, batch_in_epoch + 1)
             if max_steps and step >= max_steps:
                 break
         bar.close()
+        check_bad_steps(epoch)
         epoch_time = time.perf_counter() - t_start
         finished_epoch = not (max_steps and step >= max_steps and batch_in_epoch + 1 < steps_per_epoch)
         if rank == 0:
-            s = (sums / max(seen, 1)).tolist()
+            totals = sums.tolist()
+            seen = int(totals[4])
+            s = [v / max(seen, 1) for v in totals[:4]]
             row = {"epoch": epoch + 1, "step": step, "lr": current_lr, "train_loss": s[0], "train_l_x": s[1],
                    "train_l_y": s[2], "train_accuracy": s[3], "epoch_time_s": epoch_time,
                    "train_images_per_s": seen * world / max(epoch_time, 1e-9)}
             if val is not None:
-                metrics = evaluate(model, val, device=device)
+                metrics = evaluate(model, val, device=device, num_workers=num_workers, amp=amp)
                 row.update({"val_accuracy": metrics["accuracy"], "val_nll": metrics["nll"]})
                 if generative:
                     row["val_bits_per_dim"] = metrics["bits_per_dim"]
@@ -419,14 +630,35 @@ def fit(model: nn.Module, train: Dataset, val: Dataset | None = None, *, beta=8.
                 "wall_time_s": round(elapsed, 1),
                 "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
                 "processes": world, "threads": torch.get_num_threads(), "n_train": len(train),
-                "dataset": dataset_name or model.config.name,
+                "dataset": dataset_name or model.config.name, "amp": amp, "channels_last": channels_last,
+                "compile": compile,
                 "val": history[-1] if history else None}
         if test is not None:
-            info["test"] = evaluate(model, test, device=device)
+            info["test"] = evaluate(model, test, device=device, num_workers=num_workers)
         checkpoints.save(model, out / "final", **info)
     if created_group:
         dist.destroy_process_group()
     return history
+
+
+def _check_interval(device: torch.device, log_every: int) -> int:
+    """Steps between host reads of the non-finite-step counter: every step on the CPU (a read costs
+    nothing there), every ``log_every`` steps on a GPU (a read waits for all queued work)."""
+    return 1 if device.type == "cpu" else max(1, log_every)
+
+
+def _rebatch(batch_in_epoch: int, saved_world: int, world: int, rank: int) -> int:
+    """Where to continue an epoch saved mid-way by ``saved_world`` processes, now run by ``world``."""
+    if saved_world == world or batch_in_epoch == 0:
+        return batch_in_epoch
+    # The shards differ with the number of processes, so the rest of the epoch cannot be the exact
+    # complement of what was seen: continue after as many images as were done in all.
+    done = batch_in_epoch * saved_world // world
+    if rank == 0:
+        warnings.warn(f"resuming an epoch saved by {saved_world} process(es) on {world}: the epoch continues "
+                      f"after batch {done} of this process's new share, so some images of this epoch may be "
+                      "seen twice or not at all", stacklevel=3)
+    return done
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -465,8 +697,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, help="stop after N steps in total (smoke runs)")
     p.add_argument("--train-subset", type=int, help="train on a fixed random subset of N images")
     p.add_argument("--data-root", help="dataset folder (default: $GCLIB_DATA, then the dataset's defaults)")
-    p.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes (default 0)")
-    p.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
+    p.add_argument("--num-workers", type=int,
+                   help="DataLoader worker processes per process, kept across epochs (default: 0 for Fashion-MNIST "
+                   "and CIFAR-10, which are held in memory; up to 8 for ImageNet)")
+    p.add_argument("--amp", action="store_true",
+                   help="bf16 autocast: subnetworks in bf16, log-dets and the Gaussian head in float32 (GPUs)")
+    p.add_argument("--channels-last", action="store_true", help="NHWC memory format for the convolutions (GPUs)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the model and loss (compiles for minutes first; needs a C++ compiler on CPU)")
     p.add_argument("--eval-test", action="store_true", help="evaluate on the test set at the end (into final.json)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
     return p
@@ -494,7 +732,8 @@ def main(argv: list[str] | None = None) -> int:
             grad_clip=args.grad_clip, burn_in_steps=args.burn_in_steps, augment_flip=args.augment_flip,
             augment_shift=args.augment_shift, seed=args.seed, device=args.device,
             resume=args.resume, checkpoint_every=args.checkpoint_every, num_workers=args.num_workers,
-            amp=args.amp, progress=not args.no_progress, max_steps=args.max_steps,
+            amp=args.amp, channels_last=args.channels_last, compile=args.compile,
+            progress=not args.no_progress, max_steps=args.max_steps,
             test=test_set if args.eval_test else None, dataset_name=dataset)
     except (ConfigError, TrainingError, checkpoints.CheckpointError, data.DataError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -23,22 +23,26 @@
 # `model.parameters()`, including the fixed (untrained) permutation matrices that FrEIA registers as
 # parameters, so the trainable ones are given too. The DC is the default one: for the small inputs a
 # ResNet-18 with a stride-1 stem (the zoo's Fashion-MNIST ResNet-18 has a stride-2 stem: same
-# parameters, 4x fewer FLOPs). This notebook writes `table_architectures`.
+# parameters, 4x fewer FLOPs). The last columns are measured, not counted: training images/s and memory of
+# both models, read from the benchmark's records (`python -m gclib.bench`, `figures/table_throughput.json`;
+# one setting per config, a GPU's where there is one; all of them are in `table_throughput`). Empty
+# cells: that config was not benchmarked. This notebook writes `table_architectures`.
 
 # %%
 import pandas as pd
 from IPython.display import Markdown, display
 from myst_nb import glue
 
-from gclib import architectures, plotting
+from gclib import architectures, bench, plotting
 
 # %% tags=["parameters"]
 configs = "fashion-mnist,cifar10,imagenet"  # comma-separated config names
 flops = True  # count the forward FLOPs (a pass on 1 and on 2 images per model)
+throughput = "figures/table_throughput.json"  # benchmark records for the measured columns (make bench)
 figures = "figures"  # output folder for figures and tables
 
 # %%
-rows = architectures.architecture_rows(configs, flops=flops)
+rows = architectures.architecture_rows(configs, flops=flops, records=bench.load_records(throughput))
 headers = architectures.headers(rows[0])
 csv_path, md_path = plotting.save_table(rows, "table_architectures", figures, headers=headers)
 display(Markdown(md_path.read_text()))

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import gclib
-from gclib.train import fit, ib_loss, learning_rate
+from gclib.train import fit, ib_loss, learning_rate, shard_indices
 
 from .conftest import randomize, tiny_config
 
@@ -96,6 +96,32 @@ def test_killed_and_resumed_run_gives_bit_identical_weights(fashion, tmp_path):
     assert all(torch.equal(reference[k], resumed[k]) for k in reference)
 
 
+def test_worker_processes_kept_across_epochs_give_the_same_run(fashion, tmp_path):
+    # One DataLoader serves every epoch (persistent workers); it must still read each epoch's order.
+    train = fashion[0].subset(96)
+    a = _small_run(train, tmp_path / "a")
+    b = _small_run(train, tmp_path / "b", num_workers=1)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_process_shards_are_disjoint_whole_batches_of_the_epoch_order(world):
+    n, batch = 103, 8
+    shards = [shard_indices(n, seed=5, epoch=1, rank=r, world=world, batch_size=batch) for r in range(world)]
+    assert len({len(s) for s in shards}) == 1 and len(shards[0]) % batch == 0
+    seen = torch.cat(shards)
+    assert len(set(seen.tolist())) == len(seen) and n - len(seen) < world * batch  # disjoint, nearly all
+    order = shard_indices(n, seed=5, epoch=1, batch_size=1)
+    assert torch.equal(shards[0], order[::world][: len(shards[0])])  # DistributedSampler's round-robin deal
+    assert not torch.equal(order, shard_indices(n, seed=5, epoch=2, batch_size=1))  # a new order each epoch
+
+
+def test_resuming_mid_epoch_on_another_number_of_processes_warns():
+    assert gclib.train._rebatch(6, 2, 2, 0) == 6 and gclib.train._rebatch(0, 2, 1, 0) == 0
+    with pytest.warns(UserWarning, match="2 process"):
+        assert gclib.train._rebatch(3, 2, 1, 0) == 6  # 3 batches on each of 2 processes = 6 on one
+
+
 def test_existing_run_is_not_overwritten_without_resume(fashion, tmp_path):
     train = fashion[0].subset(64)
     _small_run(train, tmp_path / "run")
@@ -166,6 +192,11 @@ def test_torchrun_two_cpu_processes_then_resume_on_one(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     manifest = gclib.checkpoints.read_manifest(tmp_path / "ddp" / "final")
     assert manifest["info"]["processes"] == 2 and manifest["info"]["steps"] == 4  # 256 / 2 / 32
+    # rank 0 alone logs and checkpoints: one log row for the epoch, one training state
+    assert (tmp_path / "ddp" / "log.csv").read_text().count("\n") == 2
+    assert len(list((tmp_path / "ddp").glob("state-*.optim.safetensors"))) == 1
+    state = gclib.checkpoints.read_training_state(tmp_path / "ddp")
+    assert state["processes"] == 2 and state["step"] == 4
     # the state written by 2 processes resumes in 1
     model = gclib.GenerativeClassifier.from_config("fashion-mnist", seed=0)
     history = fit(model, gclib.data.load()[0].subset(256, seed=0), None, beta=8, epochs=2, batch_size=32,
