@@ -137,17 +137,19 @@ def _n_params(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
-def measured_columns(name: str, records: list[dict] | None) -> dict:
+def measured_columns(name: str, records: list[dict] | None, dc_arch: str | None = None) -> dict:
     """The measured columns of config ``name`` from benchmark records (``gclib.bench``).
 
     Args:
         name: a config name.
         records: the records of ``figures/table_throughput.json`` (``gclib.bench.load_records``), or None.
+        dc_arch: the DC the table describes (e.g. ``"resnet18, stem stride 1"``).
 
     Returns:
         A dict with the keys of ``MEASURED_HEADERS``: the record of a GPU if there is one, else the
-        CPU's, at the largest training batch (bf16 preferred on a GPU, eager before compiled); empty
-        strings if none.
+        CPU's, at the largest training batch (bf16 preferred on a GPU, then the most threads, eager before
+        compiled); empty strings if none. ``measured_on`` names the DC when it is not the table's (the
+        benchmark's Fashion-MNIST ResNet-18 has the model zoo's stride-2 stem).
     """
     from .bench import table_rows
 
@@ -155,10 +157,12 @@ def measured_columns(name: str, records: list[dict] | None) -> dict:
     if not mine:
         return dict.fromkeys(MEASURED_HEADERS, "")
     best = max(mine, key=lambda r: (r["device_type"] == "cuda", r["batch_size"], r.get("amp", False),
-                                     not r.get("compile", False)))
+                                     r.get("threads", 0), not r.get("compile", False)))
     row = table_rows([best])[0]
     return {
-        "measured_on": f"{best['device']}, batch {best['batch_size']}, {best['precision']}",
+        "measured_on": f"{best['device']}, batch {best['batch_size']}, {best['precision']}"
+                       + (f"; DC {best['dc']['arch']}" if dc_arch and best.get("dc") and best["dc"]["arch"] != dc_arch
+                          else ""),
         **{key: row[key] for key in MEASURED_HEADERS if key != "measured_on"},
     }
 
@@ -208,7 +212,7 @@ def architecture_row(name: str, flops: bool = True, dc_stem_stride: int = 1, rec
         row["gc_gflops"] = _gflops(gc_per_image)
         row["gc_fixed_gflops"] = _gflops(gc_per_call)
         row["dc_gflops"] = _gflops(dc_per_image)
-    row.update(measured_columns(cfg.name, records))
+    row.update(measured_columns(cfg.name, records, row["dc_arch"]))
     return row
 
 

@@ -430,7 +430,10 @@ def fit(model: nn.Module, train: Dataset, val: Dataset | None = None, *, beta=8.
         dataset_name: str | None = None) -> list[dict]:
     """Train a GC with the IB loss (or a feed-forward model with cross-entropy); returns the epoch log.
 
-    Arguments (unset ones come from the model's config, ``gclib.configs``):
+    Arguments left unset (epochs, batch size, learning rate, optimizer, schedule, augmentation, ...) come
+    from the model's config (``gclib.configs``).
+
+    Args:
         model: a ``GenerativeClassifier`` or ``FeedForwardClassifier``.
         train, val: datasets of (image in [0, 1], label); ``val`` is evaluated after every epoch.
         beta: IB trade-off in [0, inf] (ignored for a feed-forward model).

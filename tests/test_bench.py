@@ -92,3 +92,7 @@ def test_table_architectures_takes_its_measured_columns_from_the_records(record)
     assert columns["gc_train_images_per_s"] == bench.table_rows([gpu])[0]["gc_train_images_per_s"]
     (row,) = architectures.architecture_rows("fashion-mnist", flops=False, records=[record])
     assert row["measured_on"].startswith("CPU") and list(row)[-5:] == list(architectures.MEASURED_HEADERS)
+    # the table's DC has a stride-1 stem, the benchmark's the model zoo's stride 2: the cell says so
+    assert row["dc_arch"] != record["dc"]["arch"] and row["measured_on"].endswith(f"; DC {record['dc']['arch']}")
+    two_threads = dict(record, device="CPU, 2 threads", threads=record["threads"] + 1)
+    assert architectures.measured_columns("fashion-mnist", [record, two_threads])["measured_on"].startswith("CPU, 2")

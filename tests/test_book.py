@@ -102,7 +102,8 @@ def test_book_has_every_chapter_and_no_unrendered_glue(smoke_book):
     _, html, _ = smoke_book
     for page in ("intro", "method", "models", "explainability", "robustness", "scaling", "reproduce", "api",
                  "executed/models", "executed/gc_vs_dc", "executed/architectures", "executed/train_model_beta-8",
-                 "executed/ood", "executed/calibration", "executed/latent", "executed/corruptions", "executed/heatmaps", "executed/adversarial"):
+                 "executed/ood", "executed/calibration", "executed/latent", "executed/corruptions",
+                 "executed/heatmaps", "executed/adversarial"):
         text = (html / "book" / f"{page}.html").read_text()
         assert "{glue" not in text, page
     intro = (html / "book" / "intro.html").read_text()

@@ -117,7 +117,8 @@ def test_imagenet_folder_loader_on_a_tiny_synthetic_folder(tmp_path):
         for wnid in ["n01440764", "n01443537"]:
             (tmp_path / split / wnid).mkdir(parents=True)
             for i in range(n):
-                Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(tmp_path / split / wnid / f"{i}.JPEG", "JPEG")
+                image = Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8))
+                image.save(tmp_path / split / wnid / f"{i}.JPEG", "JPEG")
     train, val, test = gclib.data.load("imagenet", root=tmp_path, val_size=2)
     assert (len(train), len(val), len(test)) == (11, 1, 4)
     x, y = test[0]
