@@ -33,6 +33,9 @@ PARAMS_FILE = REPO / "notebooks" / "params.yml"
 EXECUTED = "book/executed"
 # Book sources copied by copy_sources(): everything Jupyter Book reads except the executed notebooks.
 BOOK_SOURCES = ("_config.yml", "_toc.yml", "book")
+# Figures that no notebook writes, because they are measurements of a machine (``make bench``): copied
+# with the sources, so that a book built elsewhere shows the repository's benchmark table.
+MEASURED_FIGURES = ("table_throughput.json", "table_throughput.csv", "table_throughput.md")
 HIDDEN_TAGS = {"parameters", "injected-parameters"}
 
 
@@ -190,7 +193,8 @@ def copy_sources(root: str | os.PathLike) -> Path:
     """Copy the book's sources (``_config.yml``, ``_toc.yml``, ``book/`` without executed notebooks) to ``root``.
 
     Used to build the book from another set of executed notebooks (the tests' ``smoke`` run) without
-    touching the repository's ``book/executed``.
+    touching the repository's ``book/executed``. The benchmark's table (``MEASURED_FIGURES``, written by
+    ``python -m gclib.bench``, not by a notebook) is copied into ``root/figures`` as well.
     """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -200,6 +204,11 @@ def copy_sources(root: str | os.PathLike) -> Path:
             shutil.copytree(src, dst, dirs_exist_ok=True, ignore=shutil.ignore_patterns("executed", "__pycache__"))
         else:
             shutil.copy2(src, dst)
+    for name in MEASURED_FIGURES:
+        src = REPO / "figures" / name
+        if src.is_file():
+            (root / "figures").mkdir(exist_ok=True)
+            shutil.copy2(src, root / "figures" / name)
     return root
 
 
