@@ -61,7 +61,7 @@ retrain-zoo: setup data  ## retrain every zoo model on this machine and ship it 
 	  $(BIN)/python -m gclib.zoo train $$name --out runs/zoo/$$name --resume && \
 	  $(BIN)/python -m gclib.zoo publish $$name --run runs/zoo/$$name || exit 1; done
 
-bench: setup  ## GC vs ResNet DC: images/s and memory, fashion-mnist + imagenet (CPU: batch 2; GPU: 32/64/128) -> figures/table_throughput.*
+bench: setup  ## GC vs ResNet DC: images/s and memory, fashion-mnist + imagenet (CPU: batch 2; GPU: 32/64/128) -> figures/table_throughput.*, fig_throughput.*
 	$(BIN)/python -m gclib.bench --suite --json runs/bench.json
 
 clean:  ## remove runs and caches (keeps .venv)

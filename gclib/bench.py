@@ -50,9 +50,11 @@ from .model import FeedForwardClassifier, GenerativeClassifier
 from .train import default_device, ib_loss, make_optimizer, optimizer_step, tune_cpu_allocator
 
 __all__ = ["benchmark", "measure_model", "suite", "record_key", "merge_records", "load_records", "save_results",
+           "plot_throughput",
            "table_rows", "TABLE_HEADERS", "main"]
 
 TABLE_ID = "table_throughput"
+FIGURE_ID = "fig_throughput"
 
 #: Markdown column titles of ``table_rows`` (the CSV keeps the keys).
 TABLE_HEADERS: dict[str, str] = {
@@ -447,14 +449,15 @@ def table_rows(records: list[dict]) -> list[dict]:
     return rows
 
 
-def save_results(records: list[dict], folder: str | os.PathLike = "figures") -> tuple[Path, Path, Path]:
-    """Merge ``records`` into ``folder/table_throughput.json`` and rewrite the table's CSV and Markdown.
+def save_results(records: list[dict], folder: str | os.PathLike = "figures") -> tuple[Path, ...]:
+    """Merge ``records`` into ``folder/table_throughput.json``, rewrite the table's CSV and Markdown and
+    draw ``fig_throughput`` (``plot_throughput``) from all records.
 
     Returns:
-        The paths of the JSON, CSV and Markdown files.
+        The paths of the JSON, CSV and Markdown files, then the figure's PNG and SVG.
     """
     from .checkpoints import atomic_write_text
-    from .plotting import save_table
+    from .plotting import save_table, savefig
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -462,7 +465,55 @@ def save_results(records: list[dict], folder: str | os.PathLike = "figures") -> 
     merged = merge_records(load_records(json_path), records)
     atomic_write_text(json_path, json.dumps({"records": merged}, indent=1) + "\n")
     csv_path, md_path = save_table(table_rows(merged), TABLE_ID, folder, headers=TABLE_HEADERS)
-    return json_path, csv_path, md_path
+    fig = plot_throughput(merged)
+    figure_paths = savefig(fig, FIGURE_ID, folder)
+    fig.clf()
+    return (json_path, csv_path, md_path, *figure_paths)
+
+
+def plot_throughput(records: list[dict]):
+    """Training and evaluation images/s of the GC and its DC, one panel per config and phase.
+
+    One pair of horizontal bars (GC, DC) per record, labelled with device, batch and precision, on a
+    linear axis from zero (each config has its own panels: their rates differ by orders of magnitude),
+    with the GC/DC ratio written at the end of each pair.
+
+    Args:
+        records: benchmark records (``load_records`` / ``benchmark``).
+
+    Returns:
+        The matplotlib figure.
+    """
+    from .plotting import BETA_COLORS, DC_COLOR, figure
+
+    if not records:
+        raise ConfigError("no benchmark records to plot; run python -m gclib.bench first")
+    configs = list(dict.fromkeys(r["config"] for r in records))
+    most = max(sum(r["config"] == c for r in records) for c in configs)
+    fig, axes = figure(ncols=2, nrows=len(configs), width=4.2, height=0.5 + 0.42 * most)
+    for row, config in zip(axes, configs):
+        mine = [r for r in records if r["config"] == config]
+        labels = [f"{r['device'].replace('CPU AMD EPYC', 'CPU')}, batch {r['batch_size']}, {r['precision']}"
+                  for r in mine]
+        for ax, phase in zip(row, ("train", "eval")):
+            y = list(range(len(mine)))
+            gc_rates = [r["gc"][phase]["images_per_s"] for r in mine]
+            dc_rates = [r["dc"][phase]["images_per_s"] if r.get("dc") else float("nan") for r in mine]
+            ax.barh([v - 0.2 for v in y], gc_rates, height=0.38, color=BETA_COLORS["8"], label="GC")
+            ax.barh([v + 0.2 for v in y], dc_rates, height=0.38, color=DC_COLOR, label=mine[0].get("dc", {}).get(
+                "arch", "DC").split(",")[0] if mine[0].get("dc") else "DC")
+            for v, gc_rate, dc_rate in zip(y, gc_rates, dc_rates):
+                if dc_rate == dc_rate:  # not NaN
+                    ax.text(max(gc_rate, dc_rate) * 1.03, v, f"{gc_rate / dc_rate:.2f}x", va="center", fontsize=7)
+            ax.set_xlim(0, max(gc_rates + [d for d in dc_rates if d == d]) * 1.25)
+            ax.set_yticks(y, labels if phase == "train" else [""] * len(y), fontsize=7)
+            ax.invert_yaxis()
+            ax.set_xlabel(f"{'training' if phase == 'train' else 'evaluation'} images/s")
+            ax.set_title(f"{config}: {'training' if phase == 'train' else 'evaluation'}")
+            ax.grid(axis="y", visible=False)
+        row[1].legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, title="GC/DC at bar end",
+                      title_fontsize=7)
+    return fig
 
 
 def _summary(record: dict) -> str:

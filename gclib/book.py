@@ -35,7 +35,8 @@ EXECUTED = "book/executed"
 BOOK_SOURCES = ("_config.yml", "_toc.yml", "book")
 # Figures that no notebook writes, because they are measurements of a machine (``make bench``): copied
 # with the sources, so that a book built elsewhere shows the repository's benchmark table.
-MEASURED_FIGURES = ("table_throughput.json", "table_throughput.csv", "table_throughput.md")
+MEASURED_FIGURES = ("table_throughput.json", "table_throughput.csv", "table_throughput.md", "fig_throughput.png",
+                    "fig_throughput.svg")
 HIDDEN_TAGS = {"parameters", "injected-parameters"}
 
 

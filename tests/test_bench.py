@@ -44,7 +44,7 @@ def test_records_merge_by_config_device_batch_and_precision(record):
 def test_table_rows_accumulate_across_invocations(tmp_path, record):
     bench.save_results([record], tmp_path)
     bench.save_results([dict(record, device="NVIDIA H100", device_type="cuda")], tmp_path)
-    json_path, csv_path, md_path = bench.save_results([record], tmp_path)  # replaces the first row
+    json_path, csv_path, md_path, png_path, svg_path = bench.save_results([record], tmp_path)  # replaces row 1
     records = bench.load_records(json_path)
     assert [r["device"] for r in records] == [record["device"], "NVIDIA H100"]  # CPU rows first
     with open(csv_path) as f:
@@ -65,6 +65,24 @@ def test_command_line_writes_json_and_table(tmp_path):
     assert table.count("| fashion-mnist |") == 2
     assert bench.main(args[:3] + ["2"] + args[4:]) == 0  # the same measurement again: replaced, not added
     assert (tmp_path / "fig" / "table_throughput.md").read_text().count("| fashion-mnist |") == 2
+    assert (tmp_path / "fig" / "fig_throughput.png").stat().st_size > 0  # GC-only records plot too
+    assert (tmp_path / "fig" / "fig_throughput.svg").is_file()
+
+
+def test_throughput_figure_draws_each_record_and_its_ratio(record):
+    other = dict(record, device="CPU, 9 threads", gc={**record["gc"], "train": {**record["gc"]["train"],
+                                                                                 "images_per_s": 123.0}})
+    fig = bench.plot_throughput([record, other])
+    (train_ax, eval_ax), = [fig.axes[:2]]
+    widths = [bar.get_width() for bar in train_ax.patches]
+    assert widths == pytest.approx([record["gc"]["train"]["images_per_s"], 123.0,
+                                    record["dc"]["train"]["images_per_s"], record["dc"]["train"]["images_per_s"]])
+    ratios = [t.get_text() for t in train_ax.texts]
+    assert ratios == [f"{r['gc']['train']['images_per_s'] / r['dc']['train']['images_per_s']:.2f}x"
+                      for r in (record, other)]
+    assert len(eval_ax.patches) == 4 and train_ax.get_xlim()[0] == 0  # linear axis from zero
+    with pytest.raises(bench.ConfigError, match="no benchmark records"):
+        bench.plot_throughput([])
 
 
 def test_suite_measures_fashion_mnist_and_a_small_imagenet_batch_on_cpu():

@@ -110,7 +110,8 @@ def test_book_has_every_chapter_and_no_unrendered_glue(smoke_book):
     assert "fig_gc_vs_dc_outputs.png" in intro
     assert "gclib.explain.gc_outputs" in (html / "book" / "api.html").read_text()  # the API reference is generated
     # the benchmark's table is no notebook's output: the book built elsewhere still shows the repository's
-    assert "GC/DC train" in (html / "book" / "scaling.html").read_text()
+    scaling = (html / "book" / "scaling.html").read_text()
+    assert "GC/DC train" in scaling and "fig_throughput.png" in scaling
 
 
 def test_book_in_a_real_browser(smoke_book):
