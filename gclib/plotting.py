@@ -16,9 +16,10 @@ __all__ = ["savefig", "save_table", "figure", "plot_beta_tradeoff", "plot_traini
 
 FIGURES_ENV = "GCLIB_FIGURES"
 _BETA_ORDER = ["0", "1", "2", "4", "8", "16", "32", "inf"]
-# A sequential palette over beta (viridis), so "more classification weight" reads as one direction.
+# A sequential palette over beta (viridis), so "more classification weight" reads as one direction; its
+# end (#fde725) is too pale for thin lines on white, so beta = inf takes a darker gold.
 BETA_COLORS = dict(zip(_BETA_ORDER, ["#440154", "#46327e", "#365c8d", "#277f8e", "#1fa187", "#4ac16d",
-                                     "#a0da39", "#fde725"]))
+                                     "#a0da39", "#d4a600"]))
 DC_COLOR = "#d62728"
 PAPER_COLOR = "#7f7f7f"
 

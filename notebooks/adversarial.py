@@ -132,7 +132,6 @@ display(Markdown((Path(figures) / "table_adversarial.md").read_text()))
 # %%
 colors = {gc_name(b): plotting.BETA_COLORS.get(b, "#7f7f7f") for b in beta_list}
 colors.update({DC_NAMES.get(d, d): plotting.DC_COLOR for d in dc_list})
-colors = {k: ("#c9b800" if v == plotting.BETA_COLORS["inf"] else v) for k, v in colors.items()}  # yellow is unreadable
 fig = attacks.plot_success_curves(rows, colors, {"FGSM": "ε (L∞, ×1/255)", "PGD-Linf": "ε (L∞, ×1/255)",
                                                  "PGD-L2": "ε (L2)"})
 plotting.savefig(fig, "fig_adversarial", figures)

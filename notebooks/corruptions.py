@@ -132,8 +132,6 @@ shown = int(eligible.nonzero()[0]) if eligible.any() else 0
 shown_sev = (1, 3, 5)
 examples = {name: [sets[1 + 5 * k + s - 1][shown] for s in shown_sev] for k, name in enumerate(names)}
 colors = {f"GC β={'∞' if b == 'inf' else b}": plotting.BETA_COLORS.get(b, "#7f7f7f") for b in beta_list}
-if "inf" in beta_list:
-    colors["GC β=∞"] = "#d4a600"  # a darker yellow than viridis' end, which is too pale for thin lines
 colors[dc_name] = plotting.DC_COLOR
 fig = robust.plot_corruptions(curves, examples, rows, colors, shown_sev)
 plotting.savefig(fig, "fig_corruptions", figures)
