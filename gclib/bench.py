@@ -457,7 +457,7 @@ def save_results(records: list[dict], folder: str | os.PathLike = "figures") -> 
         The paths of the JSON, CSV and Markdown files, then the figure's PNG and SVG.
     """
     from .checkpoints import atomic_write_text
-    from .plotting import save_table, savefig
+    from .plotting import _plt, save_table, savefig
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -467,7 +467,7 @@ def save_results(records: list[dict], folder: str | os.PathLike = "figures") -> 
     csv_path, md_path = save_table(table_rows(merged), TABLE_ID, folder, headers=TABLE_HEADERS)
     fig = plot_throughput(merged)
     figure_paths = savefig(fig, FIGURE_ID, folder)
-    fig.clf()
+    _plt().close(fig)
     return (json_path, csv_path, md_path, *figure_paths)
 
 
@@ -490,26 +490,26 @@ def plot_throughput(records: list[dict]):
         raise ConfigError("no benchmark records to plot; run python -m gclib.bench first")
     configs = list(dict.fromkeys(r["config"] for r in records))
     most = max(sum(r["config"] == c for r in records) for c in configs)
-    fig, axes = figure(ncols=2, nrows=len(configs), width=4.2, height=0.5 + 0.42 * most)
+    fig, axes = figure(ncols=2, nrows=len(configs), width=4.4, height=0.5 + 0.42 * most)
     for row, config in zip(axes, configs):
         mine = [r for r in records if r["config"] == config]
-        labels = [f"{r['device'].replace('CPU AMD EPYC', 'CPU')}, batch {r['batch_size']}, {r['precision']}"
-                  for r in mine]
+        labels = [f"{r['device']}, batch {r['batch_size']}, {r['precision']}" for r in mine]
+        dc_name = next((r["dc"]["arch"].split(",")[0] for r in mine if r.get("dc")), "DC")
+        y = list(range(len(mine)))
         for ax, phase in zip(row, ("train", "eval")):
-            y = list(range(len(mine)))
+            phase_name = {"train": "training", "eval": "evaluation"}[phase]
             gc_rates = [r["gc"][phase]["images_per_s"] for r in mine]
-            dc_rates = [r["dc"][phase]["images_per_s"] if r.get("dc") else float("nan") for r in mine]
+            dc_rates = [r["dc"][phase]["images_per_s"] if r.get("dc") else math.nan for r in mine]
             ax.barh([v - 0.2 for v in y], gc_rates, height=0.38, color=BETA_COLORS["8"], label="GC")
-            ax.barh([v + 0.2 for v in y], dc_rates, height=0.38, color=DC_COLOR, label=mine[0].get("dc", {}).get(
-                "arch", "DC").split(",")[0] if mine[0].get("dc") else "DC")
+            ax.barh([v + 0.2 for v in y], dc_rates, height=0.38, color=DC_COLOR, label=dc_name)
             for v, gc_rate, dc_rate in zip(y, gc_rates, dc_rates):
-                if dc_rate == dc_rate:  # not NaN
+                if not math.isnan(dc_rate):
                     ax.text(max(gc_rate, dc_rate) * 1.03, v, f"{gc_rate / dc_rate:.2f}x", va="center", fontsize=7)
-            ax.set_xlim(0, max(gc_rates + [d for d in dc_rates if d == d]) * 1.25)
+            ax.set_xlim(0, 1.25 * max(gc_rates + [d for d in dc_rates if not math.isnan(d)]))
             ax.set_yticks(y, labels if phase == "train" else [""] * len(y), fontsize=7)
             ax.invert_yaxis()
-            ax.set_xlabel(f"{'training' if phase == 'train' else 'evaluation'} images/s")
-            ax.set_title(f"{config}: {'training' if phase == 'train' else 'evaluation'}")
+            ax.set_xlabel(f"{phase_name} images/s")
+            ax.set_title(f"{config}: {phase_name}")
             ax.grid(axis="y", visible=False)
         row[1].legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, title="GC/DC at bar end",
                       title_fontsize=7)
