@@ -13,8 +13,9 @@ of the config's shape:
 The DC is the torchvision ResNet that ``FeedForwardClassifier`` builds for the config: ResNet-18 below
 64 px (with the model zoo's stride-2 stem unless ``--dc-stem-stride 1``), ResNet-50 for ImageNet; the
 ratio GC/DC of the two throughputs is reported. Each rate is the median over ``--repeats`` timed windows
-after a warm-up; the process CPU time (user + system) per image over the same windows is kept too,
-because on a shared machine the wall-clock rate depends on the other jobs while the CPU time much less.
+after a warm-up; the process CPU time per image over the same windows (user + system of all threads, from
+``time.process_time``, nanosecond resolution) is kept too, because on a shared machine the wall-clock rate
+depends on the other jobs while the CPU time much less.
 
 Results accumulate in ``FIGURES/table_throughput.json`` (one record per config x device x batch x
 precision; re-running replaces the matching record), from which ``table_throughput.csv`` and ``.md`` are
@@ -159,7 +160,9 @@ def _sync(device: torch.device) -> None:
 def _timed_windows(fn, images_per_call: int, calls: int, repeats: int, device: torch.device) -> dict:
     """Images/s in each of ``repeats`` windows of ``calls`` calls, and CPU ms per image over all windows."""
     rates = []
-    cpu_start = os.times()
+    # CPU time of the whole process (all threads, user + system) from CLOCK_PROCESS_CPUTIME_ID, with
+    # nanosecond resolution: os.times() counts clock ticks (10 ms), more than a small window takes.
+    cpu_start = time.process_time()
     for _ in range(repeats):
         _sync(device)
         start = time.perf_counter()
@@ -167,8 +170,7 @@ def _timed_windows(fn, images_per_call: int, calls: int, repeats: int, device: t
             fn()
         _sync(device)
         rates.append(images_per_call * calls / (time.perf_counter() - start))
-    cpu_end = os.times()
-    cpu_s = (cpu_end.user - cpu_start.user) + (cpu_end.system - cpu_start.system)
+    cpu_s = time.process_time() - cpu_start
     return {"images_per_s": statistics.median(rates), "runs": [round(r, 1) for r in rates],
             "cpu_ms_per_image": 1e3 * cpu_s / (images_per_call * calls * repeats)}
 

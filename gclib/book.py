@@ -38,6 +38,8 @@ BOOK_SOURCES = ("_config.yml", "_toc.yml", "book")
 MEASURED_FIGURES = ("table_throughput.json", "table_throughput.csv", "table_throughput.md", "fig_throughput.png",
                     "fig_throughput.svg")
 HIDDEN_TAGS = {"parameters", "injected-parameters"}
+# Seconds a notebook's kernel may take to start (papermill's default, 60, is too little beside a CPU-heavy job).
+KERNEL_START_TIMEOUT_S = 600
 
 
 def parameter_sets(path: str | os.PathLike = PARAMS_FILE) -> dict[str, list[dict]]:
@@ -170,7 +172,8 @@ def run_notebooks(params: str = "paper", executed: str | os.PathLike | None = No
             start = time.perf_counter()
             try:
                 papermill.execute_notebook(str(source), str(output), parameters=parameters, kernel_name="python3",
-                                           cwd=str(REPO), progress_bar=False, log_output=False)
+                                           cwd=str(REPO), progress_bar=False, log_output=False,
+                                           start_timeout=KERNEL_START_TIMEOUT_S)
             except papermill.PapermillExecutionError as err:
                 raise BookError(
                     f"notebook notebooks/{run['notebook']}.py (run {run['name']!r}, parameter set {params!r}) "

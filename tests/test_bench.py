@@ -33,6 +33,13 @@ def test_record_has_both_models_and_their_ratios(record):
     assert record["environment"]["torch"] == torch.__version__
 
 
+def test_cpu_time_resolves_a_window_far_shorter_than_a_clock_tick():
+    # A window of ~0.1 ms of work: a tick-based clock (os.times, 10 ms) reads 0 for it almost always, so on a
+    # fast machine the record's CPU time per image was 0.0. process_time resolves it.
+    timed = bench._timed_windows(lambda: sum(range(2000)), 1, 1, 1, torch.device("cpu"))
+    assert 0 < timed["cpu_ms_per_image"] < 1000
+
+
 def test_records_merge_by_config_device_batch_and_precision(record):
     other = dict(record, batch_size=8)
     replaced = dict(record, gc=dict(record["gc"], arch="replaced"))

@@ -9,6 +9,8 @@ papermill = pytest.importorskip("papermill")
 
 import nbformat  # noqa: E402
 
+from gclib.book import KERNEL_START_TIMEOUT_S  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -17,7 +19,8 @@ def run_notebook(name: str, tmp_path: Path, **parameters) -> nbformat.NotebookNo
     source = tmp_path / f"{name}.ipynb"
     nbformat.write(nb, source)
     return papermill.execute_notebook(str(source), str(tmp_path / f"{name}.out.ipynb"), parameters=parameters,
-                                      kernel_name="python3", cwd=str(ROOT), progress_bar=False)
+                                      kernel_name="python3", cwd=str(ROOT), progress_bar=False,
+                                      start_timeout=KERNEL_START_TIMEOUT_S)
 
 
 def outputs(nb) -> str:
