@@ -19,14 +19,16 @@ import socket
 import struct
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset, Subset, default_collate
 
 from .errors import DataError
 
 __all__ = [
     "ImageDataset",
+    "collate",
     "load",
     "dataset_names",
     "dequantize",
@@ -49,11 +51,42 @@ _FM_FILES = {
 }
 
 
+class _Samples(list):
+    """The list of ``(image, label)`` samples that ``ImageDataset.__getitems__`` returns, carrying the
+    stacked batch the images are views of, so that :func:`collate` need not stack them again."""
+
+    __slots__ = ("batch", "_items")
+
+    def __init__(self, images: Tensor, labels: Tensor):
+        super().__init__(zip(images.unbind(0), labels.tolist()))
+        self.batch = (images, labels)
+        self._items = tuple(self)  # to notice a list changed after it was made
+
+
+def collate(samples):
+    """DataLoader's ``collate_fn`` for gclib's datasets: ``(images [B, C, H, W], labels [B])``.
+
+    The samples of an :class:`ImageDataset` batch (also through ``Subset``) come already stacked: their
+    batch is returned as it is, without stacking the images again. Anything else (another dataset, a
+    ``ConcatDataset``, a list changed after ``__getitems__`` made it) goes to PyTorch's ``default_collate``,
+    so the result is always what the default collate would give.
+    """
+    if (type(samples) is _Samples and len(samples) == len(samples._items)
+            and all(a is b for a, b in zip(samples, samples._items))):
+        return samples.batch
+    return default_collate(samples)
+
+
 class ImageDataset(Dataset):
     """Images held in memory as uint8 [N, C, H, W] with int64 labels; items are float in [0, 1].
 
-    ``__getitems__`` returns a whole batch at once (DataLoader uses it), which is much faster than
-    collating thousands of single items on a 2-core machine.
+    A map-style dataset with the usual PyTorch contract: ``dataset[i]`` is ``(image [C, H, W], label int)``,
+    and ``torch.utils.data.DataLoader`` works with its default collate, workers, shuffling, samplers,
+    ``Subset`` and ``ConcatDataset``. Batched access is faster than collating single items:
+    ``dataset[:64]``, ``dataset[[3, 5, 7]]`` and ``dataset.batch(indices)`` return ``(images [B, C, H, W],
+    labels [B])``; ``__getitems__`` (which DataLoader calls with the indices of one batch) slices the batch
+    at once and returns it as the list of samples the contract wants, and ``collate_fn=gclib.data.collate``
+    hands that batch on without stacking it again.
     """
 
     def __init__(self, images: Tensor, labels: Tensor, classes: tuple[str, ...] = ()):
@@ -68,13 +101,19 @@ class ImageDataset(Dataset):
         return len(self.images)
 
     def __getitem__(self, i):
-        if isinstance(i, (slice, list, Tensor)):  # a batch: dataset[:64]
-            return self.images[i].float() / 255, self.labels[i]
+        if isinstance(i, (slice, list, np.ndarray)) or (isinstance(i, Tensor) and i.dim() > 0):
+            return self.batch(i)  # a batch: dataset[:64], dataset[[3, 5, 7]]
         return self.images[i].float() / 255, int(self.labels[i])
 
-    def __getitems__(self, indices):
-        index = torch.as_tensor(indices)
-        return self.images[index].float() / 255, self.labels[index]
+    def batch(self, indices) -> tuple[Tensor, Tensor]:
+        """Images [B, C, H, W] float in [0, 1] and labels [B] of ``indices`` (a slice, a list or a tensor)."""
+        if not isinstance(indices, slice):
+            indices = torch.as_tensor(indices, dtype=torch.long)
+        return self.images[indices].float() / 255, self.labels[indices]
+
+    def __getitems__(self, indices) -> list[tuple[Tensor, int]]:
+        # DataLoader's batched fetch: the list of samples [dataset[i] for i in indices], sliced in one go.
+        return _Samples(*self.batch(indices))
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
