@@ -17,7 +17,7 @@ from FrEIA.modules import AllInOneBlock, HaarDownsampling, InvertibleModule
 from torch import nn
 
 __all__ = ["Normalize", "DCTPooling", "dct_matrix", "CouplingBlock", "Float32Haar", "ResNetSubnet",
-           "BottleneckSubnet", "float32"]
+           "BottleneckSubnet", "IBINNSubnet", "FCSubnet", "float32"]
 
 
 def float32(x: torch.Tensor) -> tuple[torch.Tensor, torch.autocast]:
@@ -120,7 +120,11 @@ class DCTPooling(InvertibleModule):
 
 
 class CouplingBlock(AllInOneBlock):
-    """FrEIA's AllInOneBlock (hard permutation) with the channel permutation done by indexing.
+    """FrEIA's AllInOneBlock with the hard channel permutation done by indexing.
+
+    With ``permute_soft=True`` the permutation is FrEIA's soft one: a fixed random orthogonal matrix
+    (drawn with scipy's special_ortho_group from numpy's seeded state), applied as a 1x1 convolution,
+    log|det| = 0. IB-INN uses it: with 4 or 16 channels a hard shuffle mixes little.
 
     FrEIA applies its fixed permutation as a 1x1 convolution with a permutation matrix, which on the CPU
     is a full oneDNN convolution call for a copy. Indexing gives identical outputs; in interleaved A/B
@@ -130,8 +134,9 @@ class CouplingBlock(AllInOneBlock):
     """
 
     def __init__(self, dims_in, dims_c=None, **kwargs):
-        if kwargs.get("permute_soft") or kwargs.get("learned_householder_permutation"):
-            raise ValueError("CouplingBlock supports hard permutations only; use FrEIA's AllInOneBlock")
+        if kwargs.get("learned_householder_permutation"):
+            raise ValueError("CouplingBlock supports hard and soft permutations only; use FrEIA's AllInOneBlock")
+        self._soft = bool(kwargs.get("permute_soft"))
         super().__init__(dims_in, dims_c or [], **kwargs)
         self.register_buffer("_perm", torch.zeros(self.in_channels, dtype=torch.long), persistent=False)
         self.register_buffer("_perm_inv", torch.zeros(self.in_channels, dtype=torch.long), persistent=False)
@@ -139,6 +144,8 @@ class CouplingBlock(AllInOneBlock):
         self.register_load_state_dict_post_hook(lambda module, incompatible: module._refresh_permutation())
 
     def _refresh_permutation(self) -> None:
+        if self._soft:
+            return
         w = self.w_perm.detach().reshape(self.in_channels, self.in_channels)
         # F.conv2d(x, w)[:, i] = x[:, j] where w[i, j] = 1
         self._perm.copy_(w.argmax(1))
@@ -152,6 +159,10 @@ class CouplingBlock(AllInOneBlock):
             return super()._affine(x, a.to(x.dtype), rev)
 
     def _permute(self, x, rev=False):
+        if self._soft:  # FrEIA's 1x1 convolution with the orthogonal matrix, in float32 (see float32)
+            x, ctx = float32(x)
+            with ctx:
+                return super()._permute(x, rev)
         scale = self.global_scale_activation(self.global_scale)
         log_jac = torch.sum(torch.log(scale))
         if rev:
@@ -209,33 +220,94 @@ class _Residual(nn.Module):
         return x + self.body(x)
 
 
-class ResNetSubnet(nn.Module):
-    """Coupling subnetwork: 3x3 conv in, ``depth`` residual blocks (two 3x3 convs), 3x3 conv out (zero-init)."""
+def _norm(width: int, batchnorm: bool) -> list[nn.Module]:
+    return [nn.BatchNorm2d(width)] if batchnorm else []
 
-    def __init__(self, channels_in: int, channels_out: int, width: int, depth: int = 1):
+
+def _dropout(p: float) -> list[nn.Module]:
+    return [nn.Dropout2d(p)] if p > 0 else []
+
+
+class ResNetSubnet(nn.Module):
+    """Coupling subnetwork: 3x3 conv in, ``depth`` residual blocks (two 3x3 convs), 3x3 conv out (zero-init).
+
+    ``batchnorm`` puts a BatchNorm after every hidden convolution, ``dropout`` a Dropout2d before the
+    output convolution (both off by default: the small model has neither).
+    """
+
+    def __init__(self, channels_in: int, channels_out: int, width: int, depth: int = 1, batchnorm: bool = False,
+                 dropout: float = 0.0):
         super().__init__()
-        layers: list[nn.Module] = [nn.Conv2d(channels_in, width, 3, padding=1)]
+        layers: list[nn.Module] = [nn.Conv2d(channels_in, width, 3, padding=1), *_norm(width, batchnorm)]
         for _ in range(depth):
             layers.append(
                 _Residual(
                     nn.ReLU(),
                     nn.Conv2d(width, width, 3, padding=1),
+                    *_norm(width, batchnorm),
                     nn.ReLU(),
                     nn.Conv2d(width, width, 3, padding=1),
+                    *_norm(width, batchnorm),
                 )
             )
-        layers += [nn.ReLU(), _zero_init(nn.Conv2d(width, channels_out, 3, padding=1))]
+        layers += [nn.ReLU(), *_dropout(dropout), _zero_init(nn.Conv2d(width, channels_out, 3, padding=1))]
         self.net = nn.Sequential(*layers)
 
     def forward(self, x):
         return self.net(x)
 
 
+class IBINNSubnet(nn.Module):
+    """IB-INN's coupling subnetwork: conv3x3-[BN]-ReLU-conv3x3-[BN]-ReLU-[Dropout2d]-conv1x1 (zero-init).
+
+    The shape of ``basic_residual_block`` in vislearn/IB-INN (inn_architecture.py); it has no skip
+    connection of its own (the coupling's additive update is the skip). ``depth`` is accepted for a
+    common constructor signature and must be 0 or 1.
+    """
+
+    def __init__(self, channels_in: int, channels_out: int, width: int, depth: int = 1, batchnorm: bool = False,
+                 dropout: float = 0.0):
+        super().__init__()
+        if depth not in (0, 1):
+            raise ValueError(f"IBINNSubnet has a fixed depth; subnet_depth must be 0 or 1, got {depth}")
+        self.net = nn.Sequential(
+            nn.Conv2d(channels_in, width, 3, padding=1, bias=not batchnorm), *_norm(width, batchnorm), nn.ReLU(),
+            nn.Conv2d(width, width, 3, padding=1, bias=not batchnorm), *_norm(width, batchnorm), nn.ReLU(),
+            *_dropout(dropout),
+            _zero_init(nn.Conv2d(width, channels_out, 1)),
+        )
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class FCSubnet(nn.Module):
+    """Subnetwork of the fully connected couplings: Linear-ReLU-Dropout-Linear (last layer zero-init).
+
+    The output is float32 (or float64) also under autocast, so the coupling's update and log-det stay float32.
+    """
+
+    def __init__(self, dims_in: int, dims_out: int, width: int = 1024, dropout: float = 0.5):
+        super().__init__()
+        last = nn.Linear(width, dims_out)
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+        self.net = nn.Sequential(nn.Linear(dims_in, width), nn.ReLU(), *([nn.Dropout(dropout)] if dropout else []),
+                                 last)
+
+    def forward(self, x):
+        out = self.net(x)
+        return out if out.dtype in (torch.float32, torch.float64) else out.float()
+
+
 class BottleneckSubnet(nn.Module):
     """Coupling subnetwork in the shape of a ResNet-50 bottleneck: 1x1 in, ``depth`` x 3x3 residual, 1x1 out."""
 
-    def __init__(self, channels_in: int, channels_out: int, width: int, depth: int = 1):
+    def __init__(self, channels_in: int, channels_out: int, width: int, depth: int = 1, batchnorm: bool = False,
+                 dropout: float = 0.0):
         super().__init__()
+        if batchnorm or dropout:
+            raise ValueError("BottleneckSubnet has no batchnorm/dropout options; use subnet='resnet' or 'ibinn'")
         layers: list[nn.Module] = [nn.Conv2d(channels_in, width, 1)]
         for _ in range(depth):
             layers.append(_Residual(nn.ReLU(), nn.Conv2d(width, width, 3, padding=1)))

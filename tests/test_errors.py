@@ -49,7 +49,7 @@ def test_bad_latents(model):
 
 
 def test_unknown_config_lists_the_known_ones():
-    with pytest.raises(gclib.ConfigError, match="cifar10, fashion-mnist, imagenet"):
+    with pytest.raises(gclib.ConfigError, match="cifar10, fashion-mnist, fashion-mnist-large, imagenet"):
         gclib.GenerativeClassifier.from_config("mnist")
 
 

@@ -20,7 +20,7 @@ def test_gc_outputs_agree_with_the_model(gc):
     out = explain.gc_outputs(gc, x, batch_size=3)  # batching must not change anything
     torch.testing.assert_close(out["log_likelihoods"], gc.class_log_likelihoods(x).detach(), rtol=1e-5, atol=1e-3)
     torch.testing.assert_close(out["posterior"].sum(1), torch.ones(7))
-    torch.testing.assert_close(out["bits_per_dim"], gc.bits_per_dim(x).detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out["bits_per_dim"], gc.bits_per_dim(x, "none").detach(), rtol=1e-5, atol=1e-5)
     assert torch.equal(out["prediction"], gc.predict(x))
     torch.testing.assert_close(explain.dc_posterior(gc, x, batch_size=2), torch.exp(gc(x)).detach())
 

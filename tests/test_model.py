@@ -72,9 +72,11 @@ def test_public_api_shapes_and_units(fashion):
     assert model(x).shape == (4, 10)
     torch.testing.assert_close(model(x).exp().sum(1), torch.ones(4))
     assert model.log_px(x).shape == (4,)
-    bpd = model.bits_per_dim(x)
-    expected = -(model.log_px(x) - 784 * math.log(256)) / (784 * math.log(2))
-    torch.testing.assert_close(bpd, expected)
+    for how in ("seeded", "centre", "none"):
+        point = gclib.model.evaluation_point(x, how)
+        expected = -(model.log_px(point) - 784 * math.log(256)) / (784 * math.log(2))
+        torch.testing.assert_close(model.bits_per_dim(x, how), expected)
+    assert torch.equal(gclib.model.evaluation_point(x, "none"), x)
     assert model.predict(x).dtype == torch.int64
     assert model.encode(x).shape == (4, 784)
 
@@ -129,3 +131,30 @@ def test_imagenet_architecture_runs_forward_and_inverse_on_cpu():
     assert (model.inverse(z) - x).abs().max() <= 1e-4
     assert model(x).shape == (2, 5)
     assert torch.isfinite(model.log_px(x)).all()
+
+
+def test_evaluation_points_lie_in_the_training_cells_and_do_not_depend_on_the_batch(fashion):
+    x, _ = fashion[2][:64]
+    cells = torch.round(x * 255)
+    for how in ("seeded", "centre"):
+        point = gclib.model.evaluation_point(x, how)
+        assert ((point * 256 >= cells) & (point * 256 <= cells + 1)).all()  # in [k, k+1] / 256 (float32)
+    seeded = gclib.model.evaluation_point(x)
+    torch.testing.assert_close(gclib.model.evaluation_point(x[10:20]), seeded[10:20], rtol=0, atol=0)
+    torch.testing.assert_close(gclib.model.evaluation_point(x.flip(0)), seeded.flip(0), rtol=0, atol=0)
+    assert not torch.equal(gclib.model.evaluation_point(x, seed=1), seeded)
+    # Different images get different noise (no shared field): compare the fractional parts.
+    frac = seeded * 256 - cells
+    assert (frac[0] - frac[1]).abs().mean() > 0.2
+    with pytest.raises(gclib.errors.InputError, match="dequantization"):
+        gclib.model.evaluation_point(x, "random")
+
+
+def test_bits_per_dim_of_the_test_set_is_the_manifest_figure(fashion):
+    # What a user computes with model.bits_per_dim on the test images, in batches of their choice, is the
+    # number in the shipped manifest (and so in the book's table_models).
+    model = gclib.pretrained("fashion-mnist", beta=8, device="cpu")
+    x, _ = fashion[2].tensors()
+    with torch.no_grad():
+        bpd = torch.cat([model.bits_per_dim(b) for b in x.split(128)]).double().mean()
+    assert round(float(bpd), 3) == round(model.manifest["info"]["test"]["bits_per_dim"], 3)
