@@ -28,9 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import Tensor
 
 from .errors import InputError
+from .samples import sample_quality
 
 __all__ = ["Variant", "VARIANTS", "sample_quality", "train_variant", "evaluate_variant", "write_table", "main"]
 
@@ -63,32 +63,6 @@ def _variant(name: str) -> Variant:
         if v.name == name:
             return v
     raise InputError(f"unknown variant {name!r}; known: {', '.join(v.name for v in VARIANTS)}")
-
-
-@torch.no_grad()
-def sample_quality(samples: Tensor, labels: Tensor, classifier) -> dict:
-    """How recognisable class-conditional samples are, judged by a discriminative ``classifier``.
-
-    Args:
-        samples: decoded samples [N, C, H, W], not clamped (values outside [0, 1] are counted, then clipped
-            before classification).
-        labels: the class each sample was drawn from, [N].
-        classifier: a model whose ``model(x)`` gives logits for images in [0, 1].
-
-    Returns:
-        dict with ``accuracy`` (share classified as their own class), ``accuracy_se`` (binomial standard
-        error), ``outside`` (share of pixels outside [0, 1]) and ``n``.
-    """
-    if samples.dim() != 4 or len(samples) != len(labels) or len(samples) == 0:
-        raise InputError(f"expected samples [N, C, H, W] and N labels, got {tuple(samples.shape)} and {len(labels)}")
-    outside = float(((samples < 0) | (samples > 1)).double().mean())
-    device = next(classifier.parameters()).device
-    x = samples.clamp(0, 1).to(device, torch.float32)
-    pred = torch.cat([classifier(b).argmax(1).cpu() for b in x.split(500)])
-    hit = (pred == labels.cpu()).double()
-    n = len(hit)
-    acc = float(hit.mean())
-    return {"accuracy": acc, "accuracy_se": (acc * (1 - acc) / n) ** 0.5, "outside": outside, "n": n}
 
 
 def train_variant(variant: Variant, root: Path, epochs: int, beta: str, seed: int = 0) -> Path:

@@ -9,7 +9,8 @@ from FrEIA.modules import GLOWCouplingBlock
 from torch.autograd.functional import jacobian
 
 import gclib
-from gclib.ablation import VARIANTS, sample_quality, write_table
+from gclib.ablation import VARIANTS, write_table
+from gclib.samples import class_sample_quality, sample_quality
 from gclib.configs import ModelConfig, TrainConfig, get_config, override_model
 from gclib.errors import ConfigError, InputError
 from gclib.modules import CouplingBlock, FCSubnet, IBINNSubnet, ResNetSubnet
@@ -191,3 +192,16 @@ def test_ablation_variants_are_distinct_and_the_table_is_written(tmp_path):
     csv_path, md_path = write_table([row], tmp_path)
     assert "| x | 90.00 ± 0.30 | 3.500 | 1.20 | 50.0 ± 2.0 | 10.0 | 10.0 |" in md_path.read_text()
     assert csv_path.read_text().splitlines()[0].startswith("variant,accuracy")
+
+
+def test_class_sample_quality_rows_and_capability_check():
+    gc = randomize(gclib.GenerativeClassifier(tiny_config()), scale=0.05).eval()
+    dc = gclib.FeedForwardClassifier.from_config(tiny_config(), seed=0).eval()
+    rows = class_sample_quality(gc, dc, temperatures=(0.5, 1.0), n_per_class=4)
+    assert [r["what"] for r in rows] == ["T=0.5", "T=1", "class means"]
+    assert [r["n"] for r in rows] == [12, 12, 3]
+    assert all(0 <= r["accuracy"] <= 1 and 0 <= r["outside"] <= 1 for r in rows)
+    again = class_sample_quality(gc, dc, temperatures=(0.5, 1.0), n_per_class=4)
+    assert rows == again  # seeded
+    with pytest.raises(gclib.classifier.CapabilityError, match="sampling"):
+        class_sample_quality(dc, dc)
