@@ -11,7 +11,7 @@ for Trustworthy Image Classification" (CVPR 2021).
 
 __version__ = "0.1.0"
 
-from . import configs, data, errors  # noqa: E402
+from . import classifier, configs, data, errors  # noqa: E402
 from .checkpoints import load, load_into, save  # noqa: E402
 from .configs import Config, ModelConfig, TrainConfig, get_config  # noqa: E402
 from .errors import CheckpointError, ConfigError, DataError, GclibError, InputError, TrainingError  # noqa: E402
@@ -34,6 +34,9 @@ __all__ = [
     "train",
     "zoo",
     "pretrained",
+    "get_model",
+    "list_models",
+    "classifier",
     "GclibError",
     "ConfigError",
     "InputError",
@@ -50,6 +53,6 @@ def __getattr__(name):
 
     if name in ("train", "bench", "zoo"):
         return importlib.import_module(f".{name}", __name__)
-    if name == "pretrained":
-        return importlib.import_module(".zoo", __name__).pretrained
+    if name in ("pretrained", "get_model", "list_models"):
+        return getattr(importlib.import_module(".zoo", __name__), name)
     raise AttributeError(f"module 'gclib' has no attribute {name!r}")

@@ -171,6 +171,12 @@ class GenerativeClassifier(nn.Module):
     """
 
     check_inputs: bool = True
+    # The common classifier interface (gclib.classifier).
+    family = "ibinn"
+    score_kind = "exact"  # class_scores are exact log p(x|y)
+    density_kind = "exact"
+    capabilities = frozenset({"latent", "sample"})
+    evaluations_per_image = 1
 
     def __init__(self, config: str | Config | ModelConfig = "fashion-mnist"):
         super().__init__()
@@ -278,6 +284,10 @@ class GenerativeClassifier(nn.Module):
         """log p(x|y) for every class, [B, C], in nats (Gaussian constant and log-det included)."""
         return self._class_log_likelihoods(self._check(x))[0]
 
+    def class_scores(self, x: Tensor) -> Tensor:
+        """The interface's class scores: ``class_log_likelihoods`` (exact log p(x|y), nats), [B, C]."""
+        return self.class_log_likelihoods(x)
+
     def forward(self, x: Tensor) -> Tensor:
         """Logits = log p(y|x), [B, C] (log-softmax of log p(x|y) + log p(y))."""
         cll = self.class_log_likelihoods(x)
@@ -374,6 +384,12 @@ class FeedForwardClassifier(nn.Module):
     """
 
     check_inputs: bool = True
+    # The common classifier interface (gclib.classifier): a discriminative model, no density.
+    family = "resnet"
+    score_kind = "logits"
+    density_kind = None
+    capabilities = frozenset()
+    evaluations_per_image = 1
 
     def __init__(self, config: str | Config | ModelConfig = "fashion-mnist", arch: str | None = None,
                  stem_stride: int = 1):
@@ -416,6 +432,15 @@ class FeedForwardClassifier(nn.Module):
         if self.check_inputs:
             check_images(x, self.config.input_shape, self.device)
         return self._logits(x)
+
+    def class_scores(self, x: Tensor) -> Tensor:
+        """The interface's class scores: the logits, [B, C] (``score_kind = "logits"``)."""
+        return self(x)
+
+    def log_px(self, x: Tensor) -> Tensor:
+        from .classifier import require
+
+        require(self, "density", "log_px")
 
     @torch.no_grad()
     def predict(self, x: Tensor) -> Tensor:

@@ -37,7 +37,8 @@ from . import checkpoints
 from .errors import CheckpointError, ConfigError
 from .model import GenerativeClassifier
 
-__all__ = ["ZooEntry", "ZOO", "entries", "entry", "checkpoint_root", "available", "pretrained", "publish",
+__all__ = ["ZooEntry", "ZOO", "entries", "entry", "checkpoint_root", "available", "pretrained", "get_model",
+           "list_models", "publish", "reevaluate",
            "verify", "model_name", "train_command", "read_history", "reconstruction_error", "reconstruction_errors",
            "evaluate_model",
            "model_rows", "table_rows", "write_table", "PAPER_IMAGENET_TOP1", "BETAS"]
@@ -157,6 +158,7 @@ def pretrained(dataset: str = "fashion-mnist", beta=8, *, model: str = "gc", see
 
     ``pretrained("fashion-mnist", beta=8)`` is the GC trained with beta = 8 (``beta`` also takes
     ``"inf"``); ``pretrained("fashion-mnist", "resnet")`` or ``model="resnet"`` is the ResNet baseline;
+    ``pretrained("fashion-mnist", "gc-beta-8")`` takes a zoo name (see ``list_models``, ``get_model``);
     ``seed=1`` or ``2`` picks the extra seeds where they exist. The manifest is ``model.manifest``.
 
     Raises:
@@ -165,7 +167,41 @@ def pretrained(dataset: str = "fashion-mnist", beta=8, *, model: str = "gc", see
     """
     if isinstance(beta, str) and beta.lower().startswith("resnet"):
         model = "resnet"
+    if isinstance(beta, str) and "-" in beta:  # a zoo name: pretrained("fashion-mnist", "gc-beta-8")
+        return get_model(beta, dataset, device=device, root=root)
     name = model_name(beta, model, seed)
+    return get_model(name, dataset, device=device, root=root)
+
+
+def list_models(dataset: str = "fashion-mnist", family: str | None = None,
+                root: str | os.PathLike | None = None) -> list[str]:
+    """Names of the shipped models of ``dataset`` (of one ``family``, e.g. ``"ibinn"`` or ``"resnet"``).
+
+    Like torchvision's ``list_models``; the family is read from each manifest, nothing is loaded.
+    """
+    names = available(dataset, root)
+    if family is None:
+        return names
+    base = Path(root or checkpoint_root()) / dataset
+    return [n for n in names if _family(checkpoints.read_manifest(base / n)) == family]
+
+
+def _family(manifest: dict) -> str:
+    return manifest.get("info", {}).get("family") or {"feedforward": "resnet"}.get(manifest.get("kind"), "ibinn")
+
+
+def get_model(name: str, dataset: str = "fashion-mnist", *, device=None, root: str | os.PathLike | None = None):
+    """The shipped model ``name`` of ``dataset`` (any family), ready on ``device``, sha256 verified first.
+
+    Like torchvision's ``get_model``: ``get_model("gc-beta-8")``, ``get_model("resnet18")``;
+    ``list_models()`` gives the names. The manifest (metrics, recipe, environment) is ``model.manifest``.
+
+    Raises:
+        CheckpointError: nothing is shipped under that name (the message lists what is), or the file
+            does not match its sha256.
+    """
+    from .configs import dataset_of
+
     base = Path(root or checkpoint_root())
     shipped = available(dataset, base)
     if not shipped:
@@ -175,10 +211,14 @@ def pretrained(dataset: str = "fashion-mnist", beta=8, *, model: str = "gc", see
             f"no shipped models for dataset {dataset!r} in {base}"
             + (f"; datasets with models: {', '.join(datasets)}" if datasets else
                f" (set ${CHECKPOINTS_ENV} to a clone's checkpoints/ folder)")
-            + f". Train one with: python -m gclib.train --config {dataset} --beta {beta} --out runs/mine")
+            + f". Train one with: python -m gclib.train --config {dataset} --beta 8 --out runs/mine")
     if name not in shipped:
         raise CheckpointError(f"no shipped model {name!r} for {dataset!r}; shipped: {', '.join(shipped)}")
-    return checkpoints.load(base / dataset / name, device=device, verify=True, expect_config=dataset)
+    model = checkpoints.load(base / dataset / name, device=device, verify=True)
+    config_name = model.config.name
+    if dataset_of(config_name) != dataset:
+        raise CheckpointError(f"{base / dataset / name} holds a {config_name!r} model, not one for {dataset!r}")
+    return model
 
 
 # -- evaluation ----------------------------------------------------------------------------------
