@@ -289,6 +289,16 @@ def make_optimizer(name: str, params: list, lr: float, weight_decay: float = 0.0
         return cls(params, lr=lr, weight_decay=weight_decay, **kwargs), False
 
 
+def _warm_start(model: nn.Module, path: str | os.PathLike) -> dict:
+    """Load the weights of checkpoint ``path`` into ``model``; return its lineage record for the manifest."""
+    checkpoints.load_into(model, path)
+    manifest = checkpoints.read_manifest(path)
+    info = manifest.get("info", {})
+    return {"path": str(path), "sha256": manifest.get("sha256"), "zoo_name": info.get("zoo_name"),
+            "beta": info.get("beta"), "epochs": info.get("epochs"), "steps": info.get("steps"),
+            "wall_time_s": info.get("wall_time_s"), "init_from": info.get("init_from")}
+
+
 def _param_groups(model: nn.Module, weight_decay: float, head_lr_scale: float, head_weight_decay: float) -> list:
     """One group for the class means of a GC (own lr factor and weight decay), one for the rest."""
     head = getattr(model, "head", None) if isinstance(model, GenerativeClassifier) else None
@@ -450,7 +460,7 @@ def fit(model: nn.Module, train: Dataset, val: Dataset | None = None, *, beta=8.
         num_workers: int | None = None, amp: bool = False, channels_last: bool = False, compile: bool = False,
         progress: bool = True, log_every: int = 20,
         max_bad_steps: int = 20, max_steps: int | None = None, callback=None, test: Dataset | None = None,
-        dataset_name: str | None = None) -> list[dict]:
+        dataset_name: str | None = None, init_from: str | os.PathLike | None = None) -> list[dict]:
     """Train a GC with the IB loss (or a feed-forward model with cross-entropy); returns the epoch log.
 
     Arguments left unset (epochs, batch size, learning rate, optimizer, schedule, augmentation, ...) come
@@ -481,6 +491,10 @@ def fit(model: nn.Module, train: Dataset, val: Dataset | None = None, *, beta=8.
         max_steps: stop after this many steps in total (for smoke runs).
         callback: ``callback(step, loss)`` after every optimizer step (tests use it to simulate a crash).
         test: if given, evaluated at the end and recorded in the final manifest.
+        init_from: warm start: a checkpoint (same config) whose weights start the run, with a fresh
+            optimizer and schedule (e.g. fine-tuning one beta from a trained neighbour). Its name, beta,
+            sha256 and training record are kept in the manifest (``info.init_from``, with the source's own
+            lineage), so the zoo records how a model was made. Ignored when resuming a run.
 
     Raises:
         TrainingError: the loss stayed non-finite, or ``out`` holds another run and ``resume`` is off.
@@ -537,7 +551,7 @@ def fit(model: nn.Module, train: Dataset, val: Dataset | None = None, *, beta=8.
                           f"one batch ({batch_size}); lower batch_size")
     total_steps = epochs * steps_per_epoch
     out = Path(out) if out else None
-    step, start_epoch, start_batch, elapsed, history = 0, 0, 0, 0.0, []
+    step, start_epoch, start_batch, elapsed, history, record = 0, 0, 0, 0.0, [], {}
     if out:
         if rank == 0:
             out.mkdir(parents=True, exist_ok=True)
@@ -553,6 +567,9 @@ def fit(model: nn.Module, train: Dataset, val: Dataset | None = None, *, beta=8.
             history = [row for row in _read_log(out) if row["epoch"] <= start_epoch]
             if rank == 0:
                 print(f"resuming {out} at epoch {start_epoch + 1}, step {step}", file=sys.stderr)
+    lineage = record.get("init_from")
+    if init_from is not None and step == 0 and lineage is None:
+        lineage = _warm_start(model, init_from)
     generative = isinstance(model, GenerativeClassifier)
     autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp)
     sampler = _EpochSampler()
@@ -563,6 +580,7 @@ def fit(model: nn.Module, train: Dataset, val: Dataset | None = None, *, beta=8.
         if out and rank == 0:
             checkpoints.save_training_state(out, model, opt, {
                 "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "beta": beta_label(beta),
+                "init_from": lineage,
                 "seed": seed, "processes": world, "elapsed_s": elapsed + time.perf_counter() - t_start})
 
     bad_run = torch.zeros((), dtype=torch.int64, device=device)  # consecutive non-finite steps
@@ -669,7 +687,7 @@ def fit(model: nn.Module, train: Dataset, val: Dataset | None = None, *, beta=8.
     if out and rank == 0:
         info = {"beta": beta_label(beta) if generative else None, "seed": seed, "epochs": epochs, "steps": step,
                 "batch_size": batch_size, "lr": base_lr, "optimizer": optimizer_name, "schedule": schedule,
-                "label_smoothing": label_smoothing, "input_noise": input_noise, "head_lr_scale": head_lr_scale,
+                "init_from": lineage, "label_smoothing": label_smoothing, "input_noise": input_noise, "head_lr_scale": head_lr_scale,
                 "head_weight_decay": head_weight_decay, "weight_decay": weight_decay,
                 "augment_flip": augment_flip, "augment_shift": augment_shift,
                 "wall_time_s": round(elapsed, 1),
@@ -745,6 +763,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--input-noise", type=float, help="std of Gaussian noise on training images (default: config's)")
     p.add_argument("--head-lr-scale", type=float, help="lr factor of the class means (default: config's)")
     p.add_argument("--head-weight-decay", type=float, help="weight decay of the class means (default: config's)")
+    p.add_argument("--init-from", metavar="CHECKPOINT",
+                   help="warm start from a checkpoint of the same config (fresh optimizer and schedule; the "
+                   "lineage is recorded in the manifest), e.g. checkpoints/fashion-mnist/gc-beta-8")
     p.add_argument("--checkpoint-every", type=int, help="also save the training state every N steps")
     p.add_argument("--max-steps", type=int, help="stop after N steps in total (smoke runs)")
     p.add_argument("--train-subset", type=int, help="train on a fixed random subset of N images")
@@ -788,7 +809,7 @@ def main(argv: list[str] | None = None) -> int:
             resume=args.resume, checkpoint_every=args.checkpoint_every, num_workers=args.num_workers,
             amp=args.amp, channels_last=args.channels_last, compile=args.compile,
             progress=not args.no_progress, max_steps=args.max_steps,
-            test=test_set if args.eval_test else None, dataset_name=dataset)
+            test=test_set if args.eval_test else None, dataset_name=dataset, init_from=args.init_from)
     except (ConfigError, TrainingError, checkpoints.CheckpointError, data.DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -205,3 +205,23 @@ def test_class_sample_quality_rows_and_capability_check():
     assert rows == again  # seeded
     with pytest.raises(gclib.classifier.CapabilityError, match="sampling"):
         class_sample_quality(dc, dc)
+
+
+def test_warm_start_records_its_lineage_and_starts_from_the_source(fashion, tmp_path):
+    train, val, _ = fashion
+    source = gclib.GenerativeClassifier(tiny_config(in_channels=1, image_size=28, num_classes=10, entry_downsamples=1,
+                                                    stage_blocks=(1, 1), stage_widths=(4, 4), n_fc_dims=16,
+                                                    low_rank=0))
+    gclib.train.fit(source, train.subset(128), beta=1, epochs=1, batch_size=64, out=tmp_path / "a", progress=False)
+    model = gclib.GenerativeClassifier(source.config)
+    # lr ~ 0: the fine-tuned weights are the source's (a fresh model's means differ from them).
+    gclib.train.fit(model, train.subset(128), beta=8, epochs=1, batch_size=64, out=tmp_path / "b", progress=False,
+                    init_from=tmp_path / "a" / "final", lr=1e-12)
+    torch.testing.assert_close(model.state_dict()["head.mu_fc"], source.state_dict()["head.mu_fc"])
+    info = gclib.checkpoints.read_manifest(tmp_path / "b" / "final")["info"]
+    assert info["init_from"]["beta"] == "1" and info["init_from"]["steps"] == 2
+    assert info["init_from"]["sha256"] == gclib.checkpoints.read_manifest(tmp_path / "a" / "final")["sha256"]
+    other = gclib.GenerativeClassifier(tiny_config())
+    with pytest.raises(gclib.CheckpointError, match="differs"):
+        gclib.train.fit(other, train.subset(128), epochs=1, batch_size=64, out=tmp_path / "c", progress=False,
+                        init_from=tmp_path / "a" / "final")
