@@ -1,18 +1,23 @@
 """One figure style for the book, and the figures drawn from the model zoo.
 
 ``savefig(fig, "fig_beta_tradeoff")`` writes ``figures/fig_beta_tradeoff.png`` and ``.svg``; the ids
-are the file names listed in the design (and the labels in the book). The SVG is written without a
-date and with a fixed hash salt, so an unchanged figure gives an unchanged file.
+are the file names listed in the design (and the labels in the book). Both files are byte for byte the
+same when the figure is: the PNG without a software stamp, the SVG without a date, with a fixed hash salt
+for matplotlib's content-hashed ids, its clip paths numbered in order, and the layout rounded below what
+the files show (see :func:`savefig`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 import os
+import re
 from pathlib import Path
 
-__all__ = ["savefig", "save_table", "figure", "plot_beta_tradeoff", "plot_training_curves", "plot_gc_vs_dc",
-           "plot_ood_scores", "plot_both_or_neither", "BETA_COLORS"]
+__all__ = ["savefig", "save_table", "figure", "stable_svg_ids", "plot_beta_tradeoff", "plot_training_curves",
+           "plot_gc_vs_dc", "plot_ood_scores", "plot_both_or_neither", "BETA_COLORS", "DETERMINISTIC_RC"]
 
 FIGURES_ENV = "GCLIB_FIGURES"
 _BETA_ORDER = ["0", "1", "2", "4", "8", "16", "32", "inf"]
@@ -22,6 +27,10 @@ BETA_COLORS = dict(zip(_BETA_ORDER, ["#440154", "#46327e", "#365c8d", "#277f8e",
                                      "#a0da39", "#d4a600"]))
 DC_COLOR = "#d62728"
 PAPER_COLOR = "#7f7f7f"
+# What makes matplotlib's files differ between runs of the same figure: the SVG's ids are hashes salted
+# with uuid4() unless svg.hashsalt is set, its root gets an id from svg.id, the SVG records a date and
+# the PNG the software version unless the metadata say otherwise.
+DETERMINISTIC_RC = {"svg.hashsalt": "gclib", "svg.id": None}
 
 
 def _plt():
@@ -30,7 +39,7 @@ def _plt():
     plt.rcParams.update({
         "figure.dpi": 110, "savefig.dpi": 150, "font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9,
         "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.3,
-        "legend.frameon": False, "svg.hashsalt": "gclib", "svg.fonttype": "none",
+        "legend.frameon": False, "svg.fonttype": "none", **DETERMINISTIC_RC,
     })
     return plt
 
@@ -42,13 +51,90 @@ def figure(ncols: int = 1, nrows: int = 1, width: float = 3.2, height: float = 2
                         layout="constrained")
 
 
+_CLIP_DEF = re.compile(r'<clipPath id="([^"]+)">')
+_ID_USE = re.compile(r'(id="|url\(#)([^")]+)(?=[")])')
+
+
+def stable_svg_ids(svg: str) -> str:
+    """``svg`` with its clip paths renamed ``clip1``, ``clip2``, ... in the order they are defined.
+
+    Matplotlib names a clip path by a hash of its rectangle at full float precision, while the file holds
+    the coordinates to 6 decimals: a difference in the last bits of the layout, which constrained layout
+    gives from one run to the next, renamed every clip path of ``fig_evidence`` although its drawing had
+    not changed. Numbered, they change only when the figure does.
+    """
+    names = {old: f"clip{i}" for i, old in enumerate(dict.fromkeys(_CLIP_DEF.findall(svg)), 1)}
+    return _ID_USE.sub(lambda m: m.group(1) + names.get(m.group(2), m.group(2)), svg)
+
+
+# Figure-relative positions are rounded to this many decimals after the layout engine has placed them.
+LAYOUT_DECIMALS = 12
+
+
+def _round_layout(fig, decimals: int = LAYOUT_DECIMALS) -> None:
+    # Constrained layout solves for the positions with kiwisolver, whose results differ in the last bits
+    # (1e-16) with the process's memory layout, with subfigures; a coordinate at a rounding tie of the SVG's
+    # 6 decimals then flips from run to run. Rounded, every run draws from the same positions.
+    import numpy as np
+    from matplotlib.transforms import Bbox
+
+    def rounded(bbox):
+        return Bbox(np.round(bbox.get_points(), decimals))
+
+    for ax in fig.get_axes():
+        active, original = ax.get_position(original=False), ax.get_position(original=True)
+        ax._set_position(rounded(original), which="original")
+        ax._set_position(rounded(active), which="active")
+    figures = [fig]
+    while figures:
+        f = figures.pop()
+        figures += list(getattr(f, "subfigs", []))
+        if f is not fig:
+            f._redo_transform_rel_fig(bbox=rounded(f.bbox_relative))
+        for text in (getattr(f, name, None) for name in ("_suptitle", "_supxlabel", "_supylabel")):
+            if text is not None:
+                text.set_position(tuple(np.round(text.get_position(), decimals)))
+
+
+@contextlib.contextmanager
+def _rounded_layout(fig):
+    """While saving: every run of ``fig``'s layout engine ends with :func:`_round_layout`."""
+    engine = fig.get_layout_engine()
+    if engine is None:
+        yield
+        return
+    execute = engine.execute
+
+    def execute_and_round(figure):
+        result = execute(figure)
+        _round_layout(figure)
+        return result
+
+    engine.execute = execute_and_round
+    try:
+        yield
+    finally:
+        del engine.execute
+
+
 def savefig(fig, fig_id: str, folder: str | os.PathLike | None = None) -> list[Path]:
-    """Write ``folder/fig_id.png`` and ``.svg`` (folder: ``$GCLIB_FIGURES`` or ``figures/``)."""
+    """Write ``folder/fig_id.png`` and ``.svg`` (folder: ``$GCLIB_FIGURES`` or ``figures/``).
+
+    The same figure gives the same bytes in every run: the settings of ``DETERMINISTIC_RC`` apply while
+    saving, the positions the layout engine computes are rounded to ``LAYOUT_DECIMALS`` decimals of the
+    figure, the PNG has no software stamp, the SVG no date, and its clip paths are numbered
+    (:func:`stable_svg_ids`), so that a changed file means a changed figure.
+    """
+    import matplotlib as mpl
+
     folder = Path(folder or os.environ.get(FIGURES_ENV, "figures"))
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / f"{fig_id}.png", folder / f"{fig_id}.svg"]
-    fig.savefig(paths[0], metadata={"Software": None})
-    fig.savefig(paths[1], metadata={"Date": None})
+    with mpl.rc_context(DETERMINISTIC_RC), _rounded_layout(fig):
+        fig.savefig(paths[0], metadata={"Software": None})
+        svg = io.StringIO()
+        fig.savefig(svg, format="svg", metadata={"Date": None})
+    paths[1].write_text(stable_svg_ids(svg.getvalue()), encoding="utf-8")
     return paths
 
 
