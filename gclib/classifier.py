@@ -3,8 +3,9 @@
 Everything downstream (the zoo, the analyses, the notebooks, the benchmark) talks to a model through
 this interface only, so that a new family is one module and a zoo entry. A model implements:
 
-- ``class_scores(x)`` [B, C], nats: log p(x|y) for a generative classifier (exact, a bound or an
-  estimate: ``score_kind`` says which), the logits for a discriminative one (``score_kind = "logits"``);
+- ``class_scores(x)`` [B, C], nats: log p(x|y) for a generative classifier (exact, a bound, an
+  estimate, or a surrogate that is none of these: ``score_kind`` says which), the logits for a
+  discriminative one (``score_kind = "logits"``);
 - ``forward(x)`` = ``model(x)``: the logits, log p(y|x) = log-softmax(scores + log prior) for a GC, so
   captum, torchmetrics and attack libraries work unchanged;
 - ``log_px(x)`` [B], nats, where the family has a density (``density_kind`` is then ``"exact"``,
@@ -38,7 +39,8 @@ from .errors import GclibError
 __all__ = ["Classifier", "CapabilityError", "SCORE_KINDS", "DENSITY_KINDS", "CAPABILITIES", "describe", "supports",
            "require", "is_generative", "check_classifier"]
 
-SCORE_KINDS = ("exact", "bound", "estimate", "logits")
+# "surrogate": a class score that ranks like a likelihood but is none (Li et al.'s unweighted denoising error).
+SCORE_KINDS = ("exact", "bound", "estimate", "surrogate", "logits")
 DENSITY_KINDS = ("exact", "bound", "estimate", None)
 CAPABILITIES = ("latent", "sample")
 
