@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 FM_DEB := /usr/share/datasets/fashion-mnist
 
-.PHONY: help setup data browser test book book-smoke notebooks models retrain-zoo quick-model bench clean
+.PHONY: help setup data browser test book book-smoke notebooks models retrain-zoo quick-model bench ablation gpu-check clean
 BOOK := $(BIN)/python -m gclib.book
 # Installs a Debian package when it is missing: as root, with sudo, or says what to run.
 APT_INSTALL = if [ "$$(id -u)" -eq 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(1); \
@@ -63,6 +63,13 @@ retrain-zoo: setup data  ## retrain every zoo model on this machine and ship it 
 
 bench: setup  ## GC vs ResNet DC: images/s and memory, fashion-mnist + imagenet (CPU: batch 2; GPU: 32/64/128) -> figures/table_throughput.*, fig_throughput.*
 	$(BIN)/python -m gclib.bench --suite --json runs/bench.json
+
+ablation: setup data  ## what each IB-INN recipe element does: 9 short runs (hours on a CPU) -> figures/table_recipe_ablation.*
+	OMP_NUM_THREADS=1 $(BIN)/python -m gclib.ablation train --epochs 4 --beta 1
+	$(BIN)/python -m gclib.ablation table --out figures
+
+gpu-check: setup data  ## on a CUDA machine (<= 8 min): CUDA-only tests, the GPU benchmark, a short strong-model run -> runs/gpu-check.json
+	$(BIN)/python -m gclib.gpu_check --out runs/gpu-check.json
 
 clean:  ## remove runs and caches (keeps .venv)
 	rm -rf runs _build .pytest_cache
