@@ -33,10 +33,11 @@ PARAMS_FILE = REPO / "notebooks" / "params.yml"
 EXECUTED = "book/executed"
 # Book sources copied by copy_sources(): everything Jupyter Book reads except the executed notebooks.
 BOOK_SOURCES = ("_config.yml", "_toc.yml", "book")
-# Figures that no notebook writes, because they are measurements of a machine (``make bench``): copied
-# with the sources, so that a book built elsewhere shows the repository's benchmark table.
+# Figures that no notebook writes, because they are measurements of a machine (``make bench``) or of training
+# runs that are not shipped (``make ablation``): copied with the sources, so that a book built elsewhere
+# shows the repository's tables.
 MEASURED_FIGURES = ("table_throughput.json", "table_throughput.csv", "table_throughput.md", "fig_throughput.png",
-                    "fig_throughput.svg")
+                    "fig_throughput.svg", "table_recipe_ablation.csv", "table_recipe_ablation.md")
 HIDDEN_TAGS = {"parameters", "injected-parameters"}
 # Seconds a notebook's kernel may take to start (papermill's default, 60, is too little beside a CPU-heavy job).
 KERNEL_START_TIMEOUT_S = 600
