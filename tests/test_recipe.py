@@ -1,6 +1,5 @@
 """The IB-INN recipe switches (issue 14): each changes what it should, and the new blocks stay exact flows."""
 
-import dataclasses
 import math
 
 import pytest
@@ -13,7 +12,7 @@ from gclib.ablation import VARIANTS, write_table
 from gclib.samples import class_sample_quality, sample_quality
 from gclib.configs import ModelConfig, TrainConfig, get_config, override_model
 from gclib.errors import ConfigError, InputError
-from gclib.modules import CouplingBlock, FCSubnet, IBINNSubnet, ResNetSubnet
+from gclib.modules import CouplingBlock, FCSubnet, ResNetSubnet
 from gclib.train import _param_groups, ib_loss
 
 from .conftest import randomize, tiny_config
