@@ -239,7 +239,7 @@ def get_config(name: str | Config) -> Config:
     return _CONFIGS[name]
 
 
-# fashion-mnist: chosen by measurement on 2 CPU cores (beta = 8, full training set; see README):
+# fashion-mnist: chosen by measurement on 2 CPU cores (beta = 8, full training set; see book/models.md):
 # - subnets conv3x3-ReLU-conv3x3 (subnet_depth=0: the residual branch of a ResNet basic block, the
 #   coupling's additive update acting as the skip). One extra residual block per subnet made a step
 #   5.5x slower for +0.4 points at equal epochs (85.8 vs 85.4 %, 2 epochs on 20k images, beta = inf).

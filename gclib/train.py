@@ -42,12 +42,12 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
+from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm  # text bars: tqdm.auto needs ipywidgets in notebooks and warns without them
 
 from . import checkpoints
 from .configs import Config, TrainConfig, config_names, dataset_of, get_config, override_model
-from .data import ImageDataset, augment, dequantize
+from .data import ImageDataset, augment, collate, dequantize
 from .errors import ConfigError, TrainingError
 from .model import FeedForwardClassifier, GenerativeClassifier, evaluation_point, nats_to_bits_per_dim
 
@@ -147,13 +147,6 @@ class _Objective(nn.Module):
         return loss, l_x.detach(), l_y.detach(), correct
 
 
-def _collate(batch):
-    # ImageDataset.__getitems__ already returns a stacked (images, labels) pair.
-    if isinstance(batch, tuple) and len(batch) == 2 and torch.is_tensor(batch[0]):
-        return batch
-    return default_collate(batch)
-
-
 def _loader(dataset: Dataset, sampler, batch_size: int, device: torch.device, num_workers: int,
             drop_last: bool, persistent: bool = False) -> DataLoader:
     return DataLoader(
@@ -165,7 +158,7 @@ def _loader(dataset: Dataset, sampler, batch_size: int, device: torch.device, nu
         num_workers=num_workers,
         pin_memory=device.type == "cuda",
         persistent_workers=persistent and num_workers > 0,
-        collate_fn=_collate,
+        collate_fn=collate,
     )
 
 

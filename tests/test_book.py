@@ -16,7 +16,8 @@ from gclib.errors import BookError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 # Every figure and table id the built notebooks write (the README's map also lists the benchmark's, from make bench).
-BUILT_IDS = ["table_models", "fig_beta_tradeoff", "fig_training_curves", "table_architectures", "fig_gc_vs_dc_outputs",
+BUILT_IDS = ["table_models", "fig_beta_tradeoff", "fig_training_curves", "table_sample_quality", "table_architectures",
+             "fig_gc_vs_dc_outputs",
              "table_ood", "fig_ood_scores", "table_calibration", "fig_calibration", "fig_both_or_neither",
              "table_both_or_neither", "fig_prototypes", "fig_counterfactuals", "fig_latent_space", "fig_evidence",
              "table_latent", "table_counterfactuals",
