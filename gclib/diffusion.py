@@ -2,7 +2,7 @@
 
 A class-conditional epsilon-prediction network eps(x_t, t, y) of a variance-preserving diffusion,
 x_t = sqrt(abar_t) x + sqrt(1 - abar_t) eps, classifies an image by the class whose denoising error
-||eps - eps(x_t, t, y)||^2 is smallest on average over a *fixed* set of (t_i, eps_i) pairs: the same
+``||eps - eps(x_t, t, y)||^2`` is smallest on average over a *fixed* set of (t_i, eps_i) pairs: the same
 pairs for every class (:class:`NoiseBank`), because the error's variance over noise draws dwarfs its
 differences between classes (the reference code refuses to run without its fixed noise file). Adaptive
 pruning (:func:`classify`) evaluates all classes on a few pairs, keeps the best k, and continues on more.
@@ -17,9 +17,10 @@ beta_min = 0.1, beta_max = 20), whose grid t_i = i / T with T = 1000 is DDPM's l
 
 Class scores (nats) come in two weightings:
 
-- ``"elbo"``: the continuous-time VP ELBO, log p(x|y) >= E_t[-beta(t) / (2 (1 - abar_t)) ||eps - eps(.)||^2]
-  + (terms without y), estimated on the noise bank: a bound up to class-independent terms (the decoder
-  and prior terms, not implemented yet, so this family has no bits/dim of its own);
+- ``"elbo"``: the continuous-time VP ELBO,
+  ``log p(x|y) >= E_t[-beta(t) / (2 (1 - abar_t)) ||eps - eps(.)||^2]`` plus terms without y,
+  estimated on the noise bank: a bound up to class-independent terms (the decoder and prior terms,
+  not implemented yet, so this family has no bits/dim of its own);
 - ``"uniform"`` (Li et al.'s rule): -D/2 times the mean squared error per dim, unweighted: better for
   classification in their experiments, but not a bound (``score_kind = "surrogate"``).
 """
@@ -63,7 +64,7 @@ class VPSchedule:
         return torch.exp(0.5 * self.log_abar(t)).view(shape) * x + self.sigma(t).view(shape) * eps
 
     def elbo_weight(self, t: Tensor) -> Tensor:
-        """beta(t) / (2 sigma(t)^2): the weight of ||eps - eps_hat||^2 in the continuous-time ELBO."""
+        """beta(t) / (2 sigma(t)^2): the weight of ``||eps - eps_hat||^2`` in the continuous-time ELBO."""
         return self.beta(t) / (2 * self.sigma(t) ** 2)
 
 

@@ -34,7 +34,7 @@ __all__ = ["probability_flow_log_likelihood", "hutchinson_divergence", "exact_di
 
 
 def hutchinson_divergence(fn, x: Tensor, probes: Tensor) -> tuple[Tensor, Tensor]:
-    """``(fn(x), mean over probes z of z^T (d fn / dx) z)`` per sample; ``probes`` [P, *x.shape]."""
+    """``(fn(x), mean over probes z of z^T (d fn / dx) z)`` per sample; ``probes`` ``[P, *x.shape]``."""
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
         out = fn(x)
@@ -69,7 +69,7 @@ def probability_flow_log_likelihood(eps_fn, x: Tensor, schedule: VPSchedule, ste
         schedule: the VP noise schedule.
         steps: RK4 steps from ``t_min`` to 1.
         t_min: start of the integration (the score is singular at t = 0).
-        probes: Hutchinson probes [P, *x.shape[1:]], shared by the whole batch and trajectory (and, in the
+        probes: Hutchinson probes ``[P, *x.shape[1:]]``, shared by the whole batch and trajectory (and, in the
             classifier, by every class); ``None``: the exact divergence (D backward passes per evaluation).
         prior: log-density of x_1, ``prior(x_1)`` -> [B]; default N(0, I). (The VP marginal at t = 1 is
             N(sqrt(abar(1)) x, (1 - abar(1)) I) with abar(1) = 4.3e-5, not exactly N(0, I): a bias of the
