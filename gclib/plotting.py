@@ -16,8 +16,20 @@ import os
 import re
 from pathlib import Path
 
-__all__ = ["savefig", "save_table", "figure", "stable_svg_ids", "plot_beta_tradeoff", "plot_training_curves",
-           "plot_gc_vs_dc", "plot_ood_scores", "plot_both_or_neither", "BETA_COLORS", "DETERMINISTIC_RC"]
+__all__ = [
+    "BETA_COLORS",
+    "DETERMINISTIC_RC",
+    "PAPER_BETA_FACTOR",
+    "figure",
+    "plot_beta_tradeoff",
+    "plot_both_or_neither",
+    "plot_gc_vs_dc",
+    "plot_ood_scores",
+    "plot_training_curves",
+    "save_table",
+    "savefig",
+    "stable_svg_ids",
+]
 
 FIGURES_ENV = "GCLIB_FIGURES"
 _BETA_ORDER = ["0", "1", "2", "4", "8", "16", "32", "inf"]
@@ -27,6 +39,9 @@ BETA_COLORS = dict(zip(_BETA_ORDER, ["#440154", "#46327e", "#365c8d", "#277f8e",
                                      "#a0da39", "#d4a600"]))
 DC_COLOR = "#d62728"
 PAPER_COLOR = "#7f7f7f"
+# The paper's L_X is per dimension and its L_Y per image: on ImageNet (3 x 224 x 224 = 150,528 dimensions)
+# beta puts 150,528 / 784 = 192 times more weight per image on the class term than the same beta here.
+PAPER_BETA_FACTOR = 3 * 224 * 224 / (28 * 28)
 # What makes matplotlib's files differ between runs of the same figure: the SVG's ids are hashes salted
 # with uuid4() unless svg.hashsalt is set, its root gets an id from svg.id, the SVG records a date and
 # the PNG the software version unless the metadata say otherwise.
@@ -177,8 +192,12 @@ def plot_beta_tradeoff(rows: list[dict], paper_top1: dict | None = None):
     Left: test accuracy per beta (every seed as a dot, the mean as a line) with the ResNet baseline.
     Middle: accuracy relative to beta = inf, ours on Fashion-MNIST beside the paper's ImageNet numbers,
     to compare the shape of the trade-off. Right: accuracy against bits/dim (up-left is better).
+    Models of another config than the dataset's default (``fashion-mnist-large``) are stars beside it.
     """
-    gc = [r for r in rows if r["model"] == "GC"]
+    from .zoo import variant
+
+    gc = [r for r in rows if r["model"] == "GC" and not variant(r.get("config", ""))]
+    large = [r for r in rows if r["model"] == "GC" and variant(r.get("config", ""))]  # other configs: stars
     dc = [r for r in rows if r["model"] != "GC"]
     betas = [b for b in _BETA_ORDER if any(r["beta"] == b for r in gc)]
     fig, axes = figure(3, width=3.3)
@@ -194,6 +213,10 @@ def plot_beta_tradeoff(rows: list[dict], paper_top1: dict | None = None):
                 label="GC, mean over seeds")
     for r in dc:
         ax_acc.axhline(100 * r["test_accuracy"], color=DC_COLOR, ls="--", lw=1, label=f"DC ({r['model']})")
+    for i, r in enumerate(r for r in large if r["beta"] != "0"):
+        ax_acc.scatter([_beta_x(r["beta"])], [100 * r["test_accuracy"]], marker="*", s=60, color=BETA_COLORS[r["beta"]],
+                       edgecolor="k", linewidth=0.4, zorder=4,
+                       label=f"GC, {variant(r['config'])} config" if i == 0 else None)
     ax_acc.set_xticks(range(len(_BETA_ORDER)), [b if b != "inf" else "∞" for b in _BETA_ORDER])
     ax_acc.set_xlabel("β")
     ax_acc.set_ylabel("test accuracy (%)")
@@ -204,20 +227,40 @@ def plot_beta_tradeoff(rows: list[dict], paper_top1: dict | None = None):
         ax_acc.annotate(f"β=0: {mean_acc['0']:.1f}%", (0, low - 1.8), fontsize=7, ha="left", va="bottom")
     ax_acc.legend(fontsize=7, loc="lower right")
 
+    # The middle panel on a numeric beta axis, so the paper's ImageNet numbers can stand at both readings
+    # of beta: the same beta (L_X per dimension, L_Y per image: the same number), and the beta that puts
+    # the same weight on the class term per image (x 150,528 / 784 = 192 on Fashion-MNIST).
+    finite = [float(b) for b in _BETA_ORDER if b not in ("0", "inf")]
+    paper_finite = [float(b) for b in (paper_top1 or {}) if b not in ("0", "inf", "resnet")]
+    top = max(finite + [v * PAPER_BETA_FACTOR for v in paper_finite])
+    x_inf = top * 8  # where beta = inf is drawn, one marked step right of the largest finite beta
+
+    def bx(b):
+        return x_inf if b == "inf" else float(b)
+
     if "inf" in mean_acc:
         rel = [(b, mean_acc[b] - mean_acc["inf"]) for b in betas if b != "0"]
-        ax_rel.plot([_beta_x(b) for b, _ in rel], [v for _, v in rel], "o-", color="k", ms=4,
+        ax_rel.plot([bx(b) for b, _ in rel], [v for _, v in rel], "o-", color="k", ms=4,
                     label="ours, Fashion-MNIST")
     if paper_top1:
-        pb = [b for b in _BETA_ORDER if b in paper_top1]
-        ax_rel.plot([_beta_x(b) for b in pb], [paper_top1[b] - paper_top1["inf"] for b in pb], "s--",
-                    color=PAPER_COLOR, ms=4, label="paper, ImageNet")
+        pb = [b for b in _BETA_ORDER if b in paper_top1 and b != "0"]
+        rel = [paper_top1[b] - paper_top1["inf"] for b in pb]
+        ax_rel.plot([bx(b) for b in pb], rel, "s:", color=PAPER_COLOR, ms=3.5, mfc="white",
+                    label="paper, ImageNet, same β")
+        ax_rel.plot([x_inf if b == "inf" else float(b) * PAPER_BETA_FACTOR for b in pb], rel, "s--",
+                    color=PAPER_COLOR, ms=4, label=f"paper at per-image-equivalent β (×{PAPER_BETA_FACTOR:g})")
     ax_rel.axhline(0, color="k", lw=0.5)
-    ax_rel.set_xticks(range(len(_BETA_ORDER)), [b if b != "inf" else "∞" for b in _BETA_ORDER])
+    ax_rel.set_xscale("log")
+    from matplotlib.ticker import FixedFormatter, FixedLocator, NullLocator
+
+    ticks = [t for t in (1, 10, 100, 1000, 10000) if t <= top * 1.5]
+    ax_rel.xaxis.set_major_locator(FixedLocator([*ticks, x_inf]))
+    ax_rel.xaxis.set_major_formatter(FixedFormatter([f"{t:g}" for t in ticks] + ["∞"]))
+    ax_rel.xaxis.set_minor_locator(NullLocator())
     ax_rel.set_xlabel("β")
     ax_rel.set_ylabel("accuracy − accuracy at β=∞ (points)")
     ax_rel.set_title("shape of the trade-off")
-    ax_rel.legend(fontsize=7, loc="lower right")
+    ax_rel.legend(fontsize=6, loc="lower right")
 
     means = []
     for b in betas:
@@ -229,6 +272,10 @@ def plot_beta_tradeoff(rows: list[dict], paper_top1: dict | None = None):
         means.append((sum(p[0] for p in pts) / len(pts), sum(p[1] for p in pts) / len(pts)))
     if means:
         ax_bpd.plot(*zip(*means), color="k", lw=0.8, zorder=2)
+    for i, r in enumerate(r for r in large if r["beta"] != "0" and r["bits_per_dim"]):
+        ax_bpd.scatter([r["bits_per_dim"]], [100 * r["test_accuracy"]], marker="*", s=60, color=BETA_COLORS[r["beta"]],
+                       edgecolor="k", linewidth=0.4, zorder=4,
+                       label=f"{variant(r['config'])}, β={r['beta'] if r['beta'] != 'inf' else '∞'}")
     zero = [r for r in gc if r["beta"] == "0" and r["bits_per_dim"]]
     if zero:
         text = f"β=0 (off scale): {100 * zero[0]['test_accuracy']:.1f} %, {zero[0]['bits_per_dim']:.2f} bits/dim"

@@ -37,13 +37,35 @@ from . import checkpoints
 from .errors import CheckpointError, ConfigError
 from .model import GenerativeClassifier
 
-__all__ = ["ZooEntry", "ZOO", "entries", "entry", "checkpoint_root", "available", "pretrained", "get_model",
-           "list_models", "publish", "reevaluate",
-           "verify", "model_name", "train_command", "read_history", "reconstruction_error", "reconstruction_errors",
-           "evaluate_model",
-           "model_rows", "table_rows", "write_table", "PAPER_IMAGENET_TOP1", "BETAS"]
+__all__ = [
+    "BETAS",
+    "PAPER_IMAGENET_TOP1",
+    "ZOO",
+    "ZooEntry",
+    "available",
+    "checkpoint_root",
+    "entries",
+    "entry",
+    "evaluate_model",
+    "get_model",
+    "list_models",
+    "model_name",
+    "model_rows",
+    "pretrained",
+    "publish",
+    "read_history",
+    "reconstruction_error",
+    "reconstruction_errors",
+    "reevaluate",
+    "table_rows",
+    "train_command",
+    "variant",
+    "verify",
+    "write_table",
+]
 
 BETAS = ("0", "1", "2", "4", "8", "16", "32", "inf")
+LARGE_BETAS: tuple[str, ...] = ()  # the large config's models shipped so far (training)
 # The paper's ImageNet numbers (Mackowiak et al. 2021, Table 1): top-1 accuracy (%) per beta, and the
 # ResNet-50 baseline. beta=0 is not reported there.
 PAPER_IMAGENET_TOP1 = {"1": 67.30, "2": 71.73, "4": 73.69, "8": 74.59, "16": 75.54, "32": 76.18, "inf": 76.27,
@@ -66,10 +88,11 @@ class ZooEntry:
     epochs: int
     extra_args: tuple[str, ...] = ()
     dtype: str = "float32"  # storage dtype of the shipped weights
+    config: str | None = None  # the named config (gclib.configs); None: the dataset's default
 
     def command(self, out: str | os.PathLike) -> list[str]:
         """Arguments for ``python`` that train this model into ``out``."""
-        args = ["-m", "gclib.train", "--config", self.dataset, "--model", self.model]
+        args = ["-m", "gclib.train", "--config", self.config or self.dataset, "--model", self.model]
         if self.beta is not None:
             args += ["--beta", self.beta]
         args += ["--seed", str(self.seed), "--epochs", str(self.epochs), *self.extra_args, "--out", str(out),
@@ -87,6 +110,11 @@ def _fashion_mnist() -> list[ZooEntry]:
     out.append(ZooEntry("fashion-mnist", "resnet18", "resnet", None, 0, 4,
                         ("--arch", "resnet18", "--stem-stride", "2", "--optimizer", "sgd", "--lr", "0.1",
                          "--weight-decay", "5e-4", "--batch-size", "128"), dtype="float16"))
+    # The strong candidates (issue 14): fashion-mnist-large without its Gaussian input noise, which cost
+    # 0.9 bits/dim in the recipe ablation (table_recipe_ablation). 10 epochs, one process per CPU core:
+    # about 100 minutes each on the 2-core machine with a second run beside it.
+    out += [ZooEntry("fashion-mnist", f"gc-large-beta-{b}", "gc", b, 0, 10, ("--input-noise", "0"),
+                     config="fashion-mnist-large") for b in LARGE_BETAS]
     return out
 
 
@@ -403,6 +431,7 @@ def model_rows(dataset: str = "fashion-mnist", root: str | os.PathLike | None = 
         rows.append({
             "name": name,
             "model": "GC" if manifest["kind"] == "generative" else manifest.get("feedforward", {}).get("arch", "DC"),
+            "config": manifest["config"]["model"]["name"],
             "beta": info.get("beta"),
             "seed": info.get("seed"),
             "epochs": info.get("epochs"),
@@ -433,16 +462,26 @@ def _beta_key(beta) -> float:
 
 
 def table_rows(rows: list[dict]) -> list[dict]:
-    """The ``table_models`` rows: one per released model (seed 0), seeds summarised as mean ± std."""
+    """The ``table_models`` rows: one per released model (seed 0), seeds summarised as mean ± std.
+
+    Models of a named variant config (``fashion-mnist-large``) are rows of their own, labelled by it.
+    """
     out = []
-    released = sorted((r for r in rows if r["seed"] == 0), key=lambda r: (r["model"] != "GC", _beta_key(r["beta"])))
+
+    def config_of(r):
+        return r.get("config") or ""
+
+    released = sorted((r for r in rows if r["seed"] == 0),
+                      key=lambda r: (r["model"] != "GC", len(config_of(r)), config_of(r), _beta_key(r["beta"])))
     for r in released:
-        same = [s for s in rows if s["model"] == r["model"] and s["beta"] == r["beta"]]
+        same = [s for s in rows if s["model"] == r["model"] and s["beta"] == r["beta"]
+                and config_of(s) == config_of(r)]
         acc = [100 * s["test_accuracy"] for s in same]
         bpd = [s["bits_per_dim"] for s in same if s["bits_per_dim"] is not None]
         acc_mean, acc_std = _mean_std(acc)
         row = {
-            "model": "GC (IB-INN)" if r["model"] == "GC" else f"DC ({r['model']})",
+            "model": ("GC (IB-INN)" if r["model"] == "GC" else f"DC ({r['model']})")
+            + (f", {variant(config_of(r))}" if variant(config_of(r)) else ""),
             "beta": r["beta"] if r["model"] == "GC" else "",
             "test_accuracy_pct": round(100 * r["test_accuracy"], 2),
             "bits_per_dim": round(r["bits_per_dim"], 3) if r["bits_per_dim"] is not None else "",
@@ -461,9 +500,37 @@ def table_rows(rows: list[dict]) -> list[dict]:
             if r["device"] == "cpu" else r["device"],
             "epochs": r["epochs"],
             "paper_imagenet_top1_pct": PAPER_IMAGENET_TOP1.get(r["beta"] if r["model"] == "GC" else "resnet", ""),
+            "paper_equivalent_beta": _paper_beta(r["beta"]) if r["model"] == "GC" else "",
+            "paper_imagenet_top1_equivalent_pct": PAPER_IMAGENET_TOP1.get(_paper_beta(r["beta"]), "")
+            if r["model"] == "GC" else "",
         }
         out.append(row)
     return out
+
+
+def variant(config_name: str) -> str:
+    """The variant a config names beside its dataset's default: ``fashion-mnist-large`` -> ``large``.
+
+    >>> variant("fashion-mnist-large"), variant("fashion-mnist")
+    ('large', '')
+    """
+    from .configs import dataset_of
+
+    return config_name[len(dataset_of(config_name)) + 1:] if config_name else ""
+
+
+def _paper_beta(beta: str) -> str:
+    """The paper's beta (ImageNet) with the same per-image weight on the class term as ``beta`` here.
+
+    >>> _paper_beta("1536"), _paper_beta("8"), _paper_beta("inf")
+    ('8', '0.0417', 'inf')
+    """
+    from .plotting import PAPER_BETA_FACTOR
+
+    if beta == "inf":
+        return "inf"
+    value = float(beta) / PAPER_BETA_FACTOR
+    return f"{value:g}" if value == int(value) else f"{value:.3g}"
 
 
 TABLE_HEADERS = {
@@ -473,7 +540,9 @@ TABLE_HEADERS = {
     "reconstruction_error_float32": "max. reconstruction error, float32",
     "reconstruction_images_over_1e-4": "test images with error > 1e-4, float32", "parameters": "parameters",
     "train_minutes": "training steps (min)", "train_device": "trained on", "epochs": "epochs",
-    "paper_imagenet_top1_pct": "paper, ImageNet top-1 (%)",
+    "paper_imagenet_top1_pct": "paper, ImageNet top-1 at the same β (%)",
+    "paper_equivalent_beta": "paper's β with the same per-image weight (β / 192)",
+    "paper_imagenet_top1_equivalent_pct": "paper, ImageNet top-1 at that β (%)",
 }
 
 

@@ -22,7 +22,9 @@ BUILT_IDS = ["table_models", "fig_beta_tradeoff", "fig_training_curves", "table_
              "table_both_or_neither", "fig_prototypes", "fig_counterfactuals", "fig_latent_space", "fig_evidence",
              "table_latent", "table_counterfactuals",
              "fig_corruptions", "table_corruptions", "fig_heatmaps", "table_faithfulness",
-             "fig_adversarial", "table_adversarial", "fig_adv_detection", "table_adv_detection"]
+             "fig_adversarial", "table_adversarial", "fig_adv_detection", "table_adv_detection",
+             "fig_shape_bias", "table_shape_bias", "fig_frequency", "table_frequency", "fig_distortions",
+             "table_distortions", "fig_error_consistency", "table_error_consistency"]
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +103,8 @@ def test_parameter_cells_are_hidden_in_the_book(smoke_book):
 
 def test_book_has_every_chapter_and_no_unrendered_glue(smoke_book):
     _, html, _ = smoke_book
-    for page in ("intro", "method", "models", "explainability", "robustness", "scaling", "reproduce", "api",
+    for page in ("intro", "method", "models", "explainability", "robustness", "perception", "scaling", "reproduce",
+                 "api", "executed/perception",
                  "executed/models", "executed/gc_vs_dc", "executed/architectures", "executed/train_model_beta-8",
                  "executed/ood", "executed/calibration", "executed/latent", "executed/corruptions",
                  "executed/heatmaps", "executed/adversarial"):
