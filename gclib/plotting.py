@@ -298,10 +298,11 @@ def plot_beta_tradeoff(rows: list[dict], paper_top1: dict | None = None):
 
 
 def plot_training_curves(histories: dict[str, list[dict]], colors: dict[str, str] | None = None,
-                         accuracy_floor: float | None = None):
+                         accuracy_floor: float | None = None, dashed: set[str] | frozenset = frozenset()):
     """Validation accuracy and bits/dim per epoch for each labelled run (rows of a run's ``log.csv``).
 
-    ``accuracy_floor`` cuts the accuracy axis there (runs below it, such as beta = 0, are noted).
+    ``accuracy_floor`` cuts the accuracy axis there (runs below it, such as beta = 0, are noted); the
+    runs named in ``dashed`` (another config's) are drawn dashed.
     """
     fig, axes = figure(2, width=3.6)
     ax_acc, ax_bpd = axes[0]
@@ -310,11 +311,12 @@ def plot_training_curves(histories: dict[str, list[dict]], colors: dict[str, str
             continue
         color = (colors or {}).get(label)
         epochs = [row["epoch"] for row in history]
-        (line,) = ax_acc.plot(epochs, [100 * row["val_accuracy"] for row in history], "-", color=color, label=label)
+        style = "--" if label in dashed else "-"
+        (line,) = ax_acc.plot(epochs, [100 * row["val_accuracy"] for row in history], style, color=color, label=label)
         color = line.get_color()
         ax_acc.plot(epochs, [100 * row["train_accuracy"] for row in history], ":", color=color)
         if history[0].get("val_bits_per_dim") not in (None, ""):
-            ax_bpd.plot(epochs, [row["val_bits_per_dim"] for row in history], "-", color=color, label=label)
+            ax_bpd.plot(epochs, [row["val_bits_per_dim"] for row in history], style, color=color, label=label)
     if accuracy_floor is not None:
         below = [label for label, h in histories.items()
                  if h and max(100 * r["val_accuracy"] for r in h) < accuracy_floor]

@@ -39,11 +39,13 @@ from .model import GenerativeClassifier
 
 __all__ = [
     "BETAS",
+    "CI_SUBSET",
     "PAPER_IMAGENET_TOP1",
     "ZOO",
     "ZooEntry",
     "available",
     "checkpoint_root",
+    "ci_subset",
     "entries",
     "entry",
     "evaluate_model",
@@ -65,7 +67,7 @@ __all__ = [
 ]
 
 BETAS = ("0", "1", "2", "4", "8", "16", "32", "inf")
-LARGE_BETAS: tuple[str, ...] = ()  # the large config's models shipped so far (training)
+LARGE_BETAS: tuple[str, ...] = ("0", "1")  # the large config's models shipped so far
 # The paper's ImageNet numbers (Mackowiak et al. 2021, Table 1): top-1 accuracy (%) per beta, and the
 # ResNet-50 baseline. beta=0 is not reported there.
 PAPER_IMAGENET_TOP1 = {"1": 67.30, "2": 71.73, "4": 73.69, "8": 74.59, "16": 75.54, "32": 76.18, "inf": 76.27,
@@ -74,6 +76,15 @@ PAPER_IMAGENET_BPD = {"1": 4.34}
 CHECKPOINTS_ENV = "GCLIB_CHECKPOINTS"
 EVAL_BATCH = 500
 EVAL_SEED = 0
+# Every manifest also records the figures on a fixed subset of the test set (CI_SUBSET images drawn with
+# EVAL_SEED), so that the tests can check large models exactly in minutes; `python -m gclib.zoo verify`
+# checks the full test set.
+CI_SUBSET = 1000
+
+
+def ci_subset(test):
+    """The fixed test subset whose figures every manifest records under ``info.test_subset``."""
+    return test.subset(min(CI_SUBSET, len(test)), EVAL_SEED)
 
 
 @dataclass(frozen=True)
@@ -341,6 +352,7 @@ def publish(run: str | os.PathLike, name: str, dataset: str = "fashion-mnist",
             test = data.load(dataset)[2]
         info["test"] = evaluate_model(shipped, test)
         info["test"]["torch_threads"] = torch.get_num_threads()
+        info["test_subset"] = {**evaluate_model(shipped, ci_subset(test)), "subset_seed": EVAL_SEED}
         _rewrite_info(scratch / name, info)
         os.replace(scratch / f"{name}.safetensors", dest.with_name(f"{name}.safetensors"))
         os.replace(scratch / f"{name}.json", dest.with_name(f"{name}.json"))
@@ -357,26 +369,33 @@ def _rewrite_info(dest: Path, info: dict) -> Path:
     return json_path
 
 
-def verify(name: str, dataset: str = "fashion-mnist", root: str | os.PathLike | None = None, test=None) -> dict:
+def verify(name: str, dataset: str = "fashion-mnist", root: str | os.PathLike | None = None, test=None,
+           subset: bool = False) -> dict:
     """Load shipped model ``name`` (sha256 checked) and recompute its figures on the test set.
 
     Returns ``{"manifest": <its test record>, "measured": <recomputed>}``; compare them yourself or use
-    ``python -m gclib.zoo verify``.
+    ``python -m gclib.zoo verify``. ``subset=True`` checks the fixed :func:`ci_subset` against the
+    manifest's ``test_subset`` record instead (what the tests do for large models).
     """
     from . import data
 
     model = checkpoints.load(Path(root or checkpoint_root()) / dataset / name, device="cpu", verify=True)
     if test is None:
         test = data.load(dataset)[2]
-    return {"manifest": model.manifest["info"].get("test", {}), "measured": evaluate_model(model, test)}
+    key = "test_subset" if subset else "test"
+    if subset and key not in model.manifest["info"]:
+        raise CheckpointError(f"{name} has no test_subset record: run python -m gclib.zoo reevaluate --subset {name}")
+    return {"manifest": model.manifest["info"].get(key, {}),
+            "measured": evaluate_model(model, ci_subset(test) if subset else test)}
 
 
-def reevaluate(name: str, dataset: str = "fashion-mnist", root: str | os.PathLike | None = None, test=None) -> dict:
+def reevaluate(name: str, dataset: str = "fashion-mnist", root: str | os.PathLike | None = None, test=None,
+               subset_only: bool = False) -> dict:
     """Recompute a shipped model's test record with today's definitions and write it into its manifest.
 
     For when a metric's definition changes (as bits/dim's evaluation point did in gclib 0.2): the weights
     and their sha256 are untouched, the old figures are kept under ``info.test_previous``. Returns the new
-    test record.
+    test record. ``subset_only=True`` only writes the fixed-subset record ``info.test_subset``.
     """
     from . import data
 
@@ -387,6 +406,10 @@ def reevaluate(name: str, dataset: str = "fashion-mnist", root: str | os.PathLik
     from .train import evaluate
 
     info = dict(model.manifest["info"])
+    if subset_only:  # add (or refresh) the fixed-subset record only; the full-test figures stay as they are
+        info["test_subset"] = {**evaluate_model(model, ci_subset(test)), "subset_seed": EVAL_SEED}
+        _rewrite_info(path, info)
+        return info["test_subset"]
     previous = info.get("test", {})
     # Only evaluate()'s figures changed definition; the reconstruction errors are kept as measured.
     info["test"] = {**previous, **evaluate(model, test, batch_size=EVAL_BATCH, seed=EVAL_SEED),
@@ -499,6 +522,7 @@ def table_rows(rows: list[dict]) -> list[dict]:
             "train_device": f"{r['device']} ({r['threads']} thread{'s' if r['threads'] != 1 else ''})"
             if r["device"] == "cpu" else r["device"],
             "epochs": r["epochs"],
+            "config": config_of(r),
             "paper_imagenet_top1_pct": PAPER_IMAGENET_TOP1.get(r["beta"] if r["model"] == "GC" else "resnet", ""),
             "paper_equivalent_beta": _paper_beta(r["beta"]) if r["model"] == "GC" else "",
             "paper_imagenet_top1_equivalent_pct": PAPER_IMAGENET_TOP1.get(_paper_beta(r["beta"]), "")
@@ -540,6 +564,7 @@ TABLE_HEADERS = {
     "reconstruction_error_float32": "max. reconstruction error, float32",
     "reconstruction_images_over_1e-4": "test images with error > 1e-4, float32", "parameters": "parameters",
     "train_minutes": "training steps (min)", "train_device": "trained on", "epochs": "epochs",
+    "config": "config",
     "paper_imagenet_top1_pct": "paper, ImageNet top-1 at the same β (%)",
     "paper_equivalent_beta": "paper's β with the same per-image weight (β / 192)",
     "paper_imagenet_top1_equivalent_pct": "paper, ImageNet top-1 at that β (%)",
@@ -571,8 +596,11 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("reevaluate", help="recompute shipped models' test figures and write them into their "
                        "manifests (after a change of a metric's definition; weights untouched)")
     r.add_argument("names", nargs="*", help="default: every shipped model")
+    r.add_argument("--subset", action="store_true", help=f"only (re)write the record on the fixed {CI_SUBSET}-image "
+                   "test subset the tests check")
     v = sub.add_parser("verify", help="recompute the test figures of shipped models and compare")
     v.add_argument("names", nargs="*", help="default: every shipped model")
+    v.add_argument("--subset", action="store_true", help=f"check the fixed {CI_SUBSET}-image subset only (fast)")
     args = p.parse_args(argv)
     try:
         if args.cmd == "list":
@@ -596,12 +624,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"shipped {path}: {json.dumps(json.loads(path.read_text())['info']['test'])}")
         elif args.cmd == "reevaluate":
             for name in args.names or available(args.dataset):
-                test = reevaluate(name, args.dataset)
+                test = reevaluate(name, args.dataset, subset_only=args.subset)
                 print(f"{name}: {json.dumps({k: test[k] for k in ('accuracy', 'bits_per_dim') if k in test})}")
         elif args.cmd == "verify":
             failed = 0
             for name in args.names or available(args.dataset):
-                problems = _mismatches(verify(name, args.dataset))
+                problems = _mismatches(verify(name, args.dataset, subset=args.subset))
                 print(f"{name}: {'OK' if not problems else 'MISMATCH ' + '; '.join(problems)}")
                 failed += bool(problems)
             return 1 if failed else 0

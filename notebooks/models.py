@@ -41,7 +41,8 @@ display(Markdown(md_path.read_text()))
 # For the book: the table, and the numbers its prose cites (myst-nb glue, never retyped).
 glue("table_models", pd.DataFrame(table).rename(columns=zoo.TABLE_HEADERS).fillna(""), display=False)
 for r in table:
-    key = f"beta_{r['beta']}" if r["beta"] != "" else "resnet"
+    kind = zoo.variant(r["config"])  # "" for the dataset's default config, "large" for fashion-mnist-large
+    key = (f"{kind}_" if kind else "") + (f"beta_{r['beta']}" if r["beta"] != "" else "resnet")
     glue(f"acc_{key}", r["test_accuracy_pct"], display=False)
     if r["bits_per_dim"] != "":
         glue(f"bpd_{key}", r["bits_per_dim"], display=False)
@@ -49,7 +50,7 @@ for r in table:
         glue(f"acc_mean_{key}", r["accuracy_mean_pct"], display=False)
         glue(f"acc_std_{key}", r["accuracy_std_pct"], display=False)
 glue("n_models", len(rows), display=False)
-by_beta = {r["beta"]: r for r in table if r["beta"] != ""}
+by_beta = {r["beta"]: r for r in table if r["beta"] != "" and not zoo.variant(r["config"])}
 if "1" in by_beta and "inf" in by_beta:
     glue("gap_inf_1", round(by_beta["inf"]["test_accuracy_pct"] - by_beta["1"]["test_accuracy_pct"], 2), display=False)
     paper = zoo.PAPER_IMAGENET_TOP1
@@ -73,20 +74,23 @@ from gclib import samples
 torch.manual_seed(0)
 dc = zoo.pretrained(dataset, model="resnet", root=checkpoints, device="cpu").eval()
 quality = []
-for r in rows:
+for r in sorted(rows, key=lambda r: (len(r["config"]), r["config"])):
     if r["model"] != "GC" or r["seed"] != 0:
         continue
-    gc = zoo.pretrained(dataset, r["beta"], root=checkpoints, device="cpu").eval()
+    gc = zoo.get_model(r["name"], dataset, root=checkpoints, device="cpu").eval()
     for q in samples.class_sample_quality(gc, dc, temperatures=(0.5, 0.7, 1.0), n_per_class=n_per_class):
-        quality.append({"beta": r["beta"], **q})
+        quality.append({"config": r["config"], "beta": r["beta"], **q})
 quality_table = pd.DataFrame(quality)
 quality_table["beta"] = pd.Categorical(quality_table["beta"], [b for b in zoo.BETAS if b in set(quality_table["beta"])])
-quality_table = quality_table.sort_values(["beta"], kind="stable")
+quality_table = quality_table.sort_values(["config", "beta"], kind="stable",
+                                          key=lambda c: c.str.len() if c.name == "config" else c)
+quality_table["model"] = [f"{zoo.variant(c) + ', ' if zoo.variant(c) else ''}β = {b}"
+                          for c, b in zip(quality_table["config"], quality_table["beta"])]
 wide = quality_table.assign(
     cell=[f"{100 * a:.1f} ± {100 * s:.1f} ({100 * o:.0f} %)" for a, s, o in
           zip(quality_table["accuracy"], quality_table["accuracy_se"], quality_table["outside"])]
-).pivot(index="beta", columns="what", values="cell")[["T=0.5", "T=0.7", "T=1", "class means"]]
-wide.index = [f"β = {b}" for b in wide.index]
+).pivot(index="model", columns="what", values="cell")[["T=0.5", "T=0.7", "T=1", "class means"]]
+wide = wide.loc[list(dict.fromkeys(quality_table["model"]))]  # the table's order, not pivot's alphabetical one
 quality_table.to_csv(f"{figures}/table_sample_quality.csv", index=False, float_format="%.4f")
 md = ("| GC | " + " | ".join(wide.columns) + " |\n|---|" + "---|" * len(wide.columns) + "\n"
       + "".join(f"| {i} | " + " | ".join(row) + " |\n" for i, row in zip(wide.index, wide.values)))
@@ -94,7 +98,11 @@ with open(f"{figures}/table_sample_quality.md", "w") as f:
     f.write(md)
 display(Markdown("DC accuracy on the samples (%, ± SE; in brackets: pixels outside [0, 1])\n\n" + md))
 glue("table_sample_quality", wide, display=False)
-by = {(q["beta"], q["what"]): q for q in quality}
+by = {(q["beta"], q["what"]): q for q in quality if not zoo.variant(q["config"])}
+for q in quality:
+    if zoo.variant(q["config"]) and q["what"] == "T=0.7":
+        glue(f"sample_acc_{zoo.variant(q['config'])}_beta_{q['beta']}_t07", round(100 * q["accuracy"], 1),
+             display=False)
 if ("1", "T=0.7") in by:
     glue("sample_acc_beta_1_t07", round(100 * by[("1", "T=0.7")]["accuracy"], 1), display=False)
 if ("8", "T=0.7") in by:
@@ -111,13 +119,18 @@ plotting.savefig(fig, "fig_beta_tradeoff", figures)
 glue("fig_beta_tradeoff", fig, display=False)
 
 # %% [markdown]
-# Training curves of the released models (seed 0). The accuracy axis starts at 75 %: β = 0 trains
-# the density alone and its classes stay near chance.
+# Training curves of the released models (seed 0; other configs dashed). The accuracy axis starts at
+# 75 %: β = 0 trains the density alone and its classes stay near chance.
 
 # %%
-gc_rows = {r["beta"]: r for r in rows if r["model"] == "GC" and r["seed"] == 0}
+gc_rows = {r["beta"]: r for r in rows if r["model"] == "GC" and r["seed"] == 0 and not zoo.variant(r["config"])}
 released = {f"β={b}": gc_rows[b]["history"] for b in zoo.BETAS if b in gc_rows}
 colors = {f"β={b}": c for b, c in plotting.BETA_COLORS.items()}
-fig = plotting.plot_training_curves(released, colors, accuracy_floor=75)
+for r in rows:  # the other configs' models beside them
+    if r["model"] == "GC" and r["seed"] == 0 and zoo.variant(r["config"]):
+        label = f"{zoo.variant(r['config'])} β={r['beta']}"
+        released[label], colors[label] = r["history"], plotting.BETA_COLORS.get(r["beta"], "#7f7f7f")
+fig = plotting.plot_training_curves(released, colors, accuracy_floor=75,
+                                    dashed={k for k in released if not k.startswith("β")})
 plotting.savefig(fig, "fig_training_curves", figures)
 glue("fig_training_curves", fig, display=False)

@@ -36,6 +36,7 @@ def test_manifest_records_the_training(name):
     env = manifest["environment"]
     assert env["torch"] and env["FrEIA"] and env["git_commit"], env
     assert info["test"]["n"] == 10_000
+    assert info["test_subset"]["n"] == zoo.CI_SUBSET and info["test_subset"]["subset_seed"] == zoo.EVAL_SEED
     assert len(info["history"]) == info["epochs"]
     # The recipe in gclib.zoo is the one the model was trained with.
     e = zoo.entry(DATASET, name)
@@ -51,16 +52,23 @@ def test_manifest_records_the_training(name):
     assert checkpoints.sha256(zoo.checkpoint_root() / DATASET / manifest["weights"]) == manifest["sha256"]
 
 
+# Models above this size are checked on the manifest's fixed test subset (zoo.CI_SUBSET images), exactly;
+# `python -m gclib.zoo verify` checks them on the full test set.
+FULL_TEST_MAX_PARAMETERS = 1_000_000
+
+
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_model_reproduces_its_manifest(name, fashion):
     """Exact number of correct test predictions, bits/dim to 3 decimals, reconstruction error <= 1e-4."""
-    result = zoo.verify(name, DATASET, test=fashion[2])
+    manifest = checkpoints.read_manifest(zoo.checkpoint_root() / DATASET / name)
+    subset = manifest["info"]["parameters"] > FULL_TEST_MAX_PARAMETERS
+    result = zoo.verify(name, DATASET, test=fashion[2], subset=subset)
     want, got = result["manifest"], result["measured"]
-    assert got["n"] == want["n"] == 10_000
+    assert got["n"] == want["n"] == (zoo.CI_SUBSET if subset else 10_000)
     assert got["correct"] == want["correct"]
     if "bits_per_dim" in want:
         assert round(got["bits_per_dim"], 3) == round(want["bits_per_dim"], 3)
-        # Invertible: float64 reconstruction within 1e-4 over all 10,000 images. The float32 error is
+        # Invertible: float64 reconstruction within 1e-4 over all images checked. The float32 error is
         # the manifest's (see zoo._mismatches); it exceeds 1e-4 for badly conditioned flows (beta = inf).
         assert got["reconstruction_max_abs_error_float64"] <= 1e-4
     assert zoo._mismatches(result) == []
@@ -108,10 +116,12 @@ def test_pretrained_refuses_a_corrupted_file(tmp_path):
         gclib.pretrained(DATASET, beta=8, root=tmp_path)
 
 
-def test_publish_then_verify_roundtrip(tmp_path, fashion):
-    """A short run published with gclib.zoo.publish reproduces its own manifest, fp16 included."""
+def test_publish_then_verify_roundtrip(tmp_path, fashion, monkeypatch):
+    """A short run published with gclib.zoo.publish reproduces its own manifest, fp16 included, on the
+    full test set and on the fixed subset."""
     train, val, test = fashion
     test = test.subset(300, seed=0)
+    monkeypatch.setattr(zoo, "CI_SUBSET", 100)
     for name, model, dtype in (("gc-beta-8", gclib.GenerativeClassifier.from_config(DATASET, seed=0), "float32"),
                                ("tiny-dc", gclib.FeedForwardClassifier(DATASET, stem_stride=2), "float16")):
         run = tmp_path / "runs" / name
@@ -123,6 +133,9 @@ def test_publish_then_verify_roundtrip(tmp_path, fashion):
         assert manifest["info"]["history"][0]["epoch"] == 1
         result = zoo.verify(name, DATASET, root=tmp_path / "ckpt", test=test)
         assert zoo._mismatches(result) == [], result
+        assert manifest["info"]["test_subset"]["n"] == 100
+        result = zoo.verify(name, DATASET, root=tmp_path / "ckpt", test=test, subset=True)
+        assert result["measured"]["n"] == 100 and zoo._mismatches(result) == [], result
     assert zoo.available(DATASET, tmp_path / "ckpt") == ["gc-beta-8", "tiny-dc"]
     assert gclib.pretrained(DATASET, 8, root=tmp_path / "ckpt", device="cpu").manifest["dtype"] == "float32"
 
@@ -130,9 +143,11 @@ def test_publish_then_verify_roundtrip(tmp_path, fashion):
 def test_table_and_figure_from_the_manifests(tmp_path):
     rows = zoo.model_rows(DATASET)
     table = zoo.table_rows(rows)
-    assert [r["beta"] for r in table if r["model"].startswith("GC")] == list(zoo.BETAS)
-    by_beta = {r["beta"]: r for r in table}
-    eight = [r for r in rows if r["beta"] == "8"]
+    default = [r for r in table if not zoo.variant(r["config"])]  # the large config's rows are apart
+    assert [r["beta"] for r in default if r["model"].startswith("GC")] == list(zoo.BETAS)
+    assert all(r["model"].endswith(", large") for r in table if zoo.variant(r["config"]) == "large")
+    by_beta = {r["beta"]: r for r in default}
+    eight = [r for r in rows if r["beta"] == "8" and not zoo.variant(r["config"])]
     assert by_beta["8"]["seeds"] == 3
     mean = sum(100 * r["test_accuracy"] for r in eight) / 3
     assert math.isclose(by_beta["8"]["accuracy_mean_pct"], round(mean, 2))
