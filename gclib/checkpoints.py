@@ -5,10 +5,16 @@ model kind, the full config, training facts, metrics, library versions and the s
 Files are written to a temporary name and renamed, so a crash never leaves a half-written file under
 the real name.
 
+Kinds: ``"generative"`` (IB-INN) and ``"feedforward"`` (ResNet), whose manifest holds a ``Config``;
+``"diffusion"`` (:class:`gclib.diffusion.DiffusionClassifier`), whose manifest holds the model's
+``spec()`` (the denoiser's class and constructor arguments, the schedule, the noise banks' seed and
+sizes) and the sha256 of the ELBO's noise bank, which is rebuilt from its seed rather than stored.
+
 Training state (for ``--resume``) lives in the run folder: ``state-<step>.safetensors`` (model),
-``state-<step>.optim.safetensors`` (optimizer tensors) and ``last.json``, which names them and is
-written last: renaming ``last.json`` is the commit point, so the previous state stays valid until the
-new one is complete.
+``state-<step>.optim.safetensors`` (optimizer tensors), optional extra modules such as an EMA
+(``state-<step>.<name>.safetensors``) and ``last.json``, which names them and is written last:
+renaming ``last.json`` is the commit point, so the previous state stays valid until the new one is
+complete.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from .configs import Config
 from .errors import CheckpointError
 
-__all__ = ["save", "load", "load_into", "read_manifest", "sha256", "environment", "atomic_write_text"]
+__all__ = ["atomic_write_text", "environment", "load", "load_into", "read_manifest", "save", "sha256"]
 
 FORMAT = "gclib-checkpoint"
 FORMAT_VERSION = 1
@@ -106,13 +112,46 @@ def environment() -> dict:
 
 
 def _kind(model) -> str:
+    from .diffusion import DiffusionClassifier
     from .model import FeedForwardClassifier, GenerativeClassifier
 
     if isinstance(model, GenerativeClassifier):
         return "generative"
     if isinstance(model, FeedForwardClassifier):
         return "feedforward"
+    if isinstance(model, DiffusionClassifier):
+        return "diffusion"
     raise CheckpointError(f"can only save gclib models, got {type(model).__name__}")
+
+
+def _diffusion_spec(model) -> dict:
+    """The JSON form of a DiffusionClassifier's ``spec()`` (tuples as lists), or CheckpointError."""
+    from .errors import InputError
+
+    try:
+        return json.loads(json.dumps(model.spec()))
+    except InputError as err:
+        raise CheckpointError(str(err)) from err
+
+
+def _bank_sha256(spec: dict) -> str:
+    """sha256 of the ELBO bank that ``spec`` rebuilds from its seed (t and eps, float32 bytes): equal at save and
+    load unless this torch draws other random numbers for the seed."""
+    from .diffusion import NoiseBank, VPSchedule
+
+    bank = NoiseBank.log_snr_strata(spec["elbo_pairs"], tuple(spec["input_shape"]), VPSchedule(**spec["schedule"]),
+                                    seed=spec["seed"], t_min=spec["elbo_t_min"])
+    h = hashlib.sha256()
+    for tensor in (bank.t, bank.eps):
+        h.update(tensor.to(torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _describe_model(model) -> str:
+    config = getattr(model, "config", None)
+    if hasattr(config, "name"):
+        return f"{type(model).__name__} of config {config.name!r}"
+    return type(model).__name__
 
 
 def _unwrap(model):
@@ -120,7 +159,7 @@ def _unwrap(model):
 
 
 def save(model, path: str | os.PathLike, *, env: dict | None = None, **info) -> Path:
-    """Write ``PATH.safetensors`` and ``PATH.json`` for a GC or feed-forward model; returns the JSON path.
+    """Write ``PATH.safetensors`` and ``PATH.json`` for a GC, feed-forward or diffusion model; returns the JSON path.
 
     The weights are stored in the model's dtype (``model.half()`` first for fp16 storage; ``load``
     casts them back to float32). Extra keyword arguments (beta, seed, epochs, metrics, ...) go into the
@@ -131,12 +170,30 @@ def save(model, path: str | os.PathLike, *, env: dict | None = None, **info) -> 
 
     model = _unwrap(model)
     kind = _kind(model)  # refuse a non-gclib model before writing anything
+    spec = _diffusion_spec(model) if kind == "diffusion" else None
     path = Path(path)
     if path.suffix in (".json", ".safetensors"):
         path = path.with_suffix("")
     path.parent.mkdir(parents=True, exist_ok=True)
     weights = path.with_name(path.name + ".safetensors")
     _atomic_save_model(model, weights)
+    if kind == "diffusion":
+        manifest = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "kind": kind,
+            "family": model.family,
+            "diffusion": spec,
+            "elbo_bank_sha256": _bank_sha256(spec),
+            "weights": weights.name,
+            "sha256": sha256(weights),
+            "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+            "environment": env or environment(),
+            "info": info,
+        }
+        json_path = path.with_name(path.name + ".json")
+        atomic_write_text(json_path, json.dumps(manifest, indent=2, default=_jsonable))
+        return json_path
     cfg = model.config
     # Record the named config's training defaults only when the architecture is exactly that config.
     named = cfg.name in config_names() and get_config(cfg.name).model == cfg
@@ -227,8 +284,15 @@ def _verified_weights(manifest: dict, verify: bool) -> Path:
 
 
 def _build(manifest: dict):
+    from .diffusion import DiffusionClassifier
+    from .errors import InputError
     from .model import FeedForwardClassifier, GenerativeClassifier
 
+    if manifest.get("kind") == "diffusion":
+        try:
+            return DiffusionClassifier.from_spec(manifest["diffusion"])
+        except (KeyError, TypeError, InputError) as err:
+            raise CheckpointError(f"{manifest['_path']} has an unusable diffusion record ({err!r})") from err
     config = Config.from_dict(manifest["config"])
     if manifest.get("kind") == "feedforward":
         ff = manifest.get("feedforward", {})
@@ -244,7 +308,7 @@ def _load_weights(model, weights: Path, device) -> None:
                               "it is truncated or corrupt") from err
     except RuntimeError as err:  # missing/unexpected keys or shape mismatch
         raise CheckpointError(
-            f"{weights} does not fit a {type(model).__name__} of config {model.config.name!r}: it was saved from "
+            f"{weights} does not fit a {_describe_model(model)}: it was saved from "
             f"another architecture or config ({str(err).splitlines()[0][:300]})"
         ) from err
 
@@ -261,7 +325,7 @@ def load(path: str | os.PathLike, device: str | torch.device | None = None, veri
     """
     manifest = read_manifest(path)
     weights = _verified_weights(manifest, verify)
-    name = manifest.get("config", {}).get("model", {}).get("name")
+    name = (manifest.get("config") or {}).get("model", {}).get("name")
     if expect_config is not None and name != expect_config:
         raise CheckpointError(f"{manifest['_path']} holds a {name!r} model, not {expect_config!r}")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -269,6 +333,9 @@ def load(path: str | os.PathLike, device: str | torch.device | None = None, veri
     if manifest.get("dtype") == "float64":
         model = model.double()
     _load_weights(model, weights, "cpu")
+    if manifest.get("kind") == "diffusion" and manifest.get("elbo_bank_sha256") != _bank_sha256(manifest["diffusion"]):
+        raise CheckpointError(f"the ELBO noise bank rebuilt from the seed in {manifest['_path']} differs from the "
+                              "saved model's (another torch version's random numbers?): its ELBOs would differ")
     model.manifest = {k: v for k, v in manifest.items() if not k.startswith("_")}
     return model.to(device).eval()
 
@@ -278,7 +345,16 @@ def load_into(model, path: str | os.PathLike, verify: bool = True):
     model = _unwrap(model)
     manifest = read_manifest(path)
     weights = _verified_weights(manifest, verify)
-    name = manifest.get("config", {}).get("model", {}).get("name")
+    if (manifest.get("kind") == "diffusion") != (_kind(model) == "diffusion"):
+        raise CheckpointError(f"{manifest['_path']} holds a {manifest.get('kind')} model, this is a "
+                              f"{_kind(model)} one; build the model with gclib.load(path) instead")
+    if _kind(model) == "diffusion":
+        if manifest.get("diffusion") != _diffusion_spec(model):
+            raise CheckpointError(f"{manifest['_path']} describes another diffusion model than this one "
+                                  "(network, schedule or noise banks differ); build it with gclib.load(path)")
+        _load_weights(model, weights, model.device)
+        return model
+    name = (manifest.get("config") or {}).get("model", {}).get("name")
     if name != model.config.name or Config.from_dict(manifest["config"]).model != model.config:
         raise CheckpointError(
             f"{manifest['_path']} was saved from config {name!r}, which differs from this model's "
@@ -289,14 +365,33 @@ def load_into(model, path: str | os.PathLike, verify: bool = True):
 
 
 # -- training state --------------------------------------------------------------------------------
-def save_training_state(run_dir: Path, model, optimizer: torch.optim.Optimizer, state: dict, keep: int = 1) -> None:
-    """Write model + optimizer tensors for step ``state['step']``, then commit by renaming last.json."""
+def _state_config(model) -> dict:
+    """What a training state records of the model, to refuse resuming it into another one."""
+    if _kind(model) == "diffusion":
+        return _diffusion_spec(model)
+    return Config(model.config).to_dict()["model"]
+
+
+def save_training_state(run_dir: Path, model, optimizer: torch.optim.Optimizer, state: dict, keep: int = 1,
+                        extra: dict | None = None) -> None:
+    """Write model + optimizer tensors for step ``state['step']``, then commit by renaming last.json.
+
+    ``extra``: further modules to keep with the state, by name (e.g. ``{"ema": averaged_model}``), each in
+    ``state-<step>.<name>.safetensors``; :func:`load_training_state` restores them.
+    """
     model = _unwrap(model)
     run_dir = Path(run_dir)
     step = int(state["step"])
     model_path = run_dir / f"state-{step:09d}.safetensors"
     optim_path = run_dir / f"state-{step:09d}.optim.safetensors"
     _atomic_save_model(model, model_path)
+    extra_files = {}
+    for name, module in (extra or {}).items():
+        if not name.isidentifier() or name in ("optim", "model", "optimizer"):
+            raise ValueError(f"bad name for an extra module of the training state: {name!r}")
+        extra_path = run_dir / f"state-{step:09d}.{name}.safetensors"
+        _atomic_save_model(module, extra_path)  # as given: an AveragedModel's `module` is not DDP's
+        extra_files[name] = {"file": extra_path.name, "sha256": sha256(extra_path)}
     opt = optimizer.state_dict()
     tensors, scalars = {}, {}
     for index, param_state in opt["state"].items():
@@ -314,13 +409,15 @@ def save_training_state(run_dir: Path, model, optimizer: torch.optim.Optimizer, 
         "optimizer_sha256": sha256(optim_path),
         "param_groups": opt["param_groups"],
         "optimizer_scalars": scalars,
-        "config": Config(model.config).to_dict()["model"],
+        "config": _state_config(model),
+        "extra": extra_files,
         **state,
     }
     previous = read_training_state(run_dir, verify=False) if (run_dir / "last.json").is_file() else None
     atomic_write_text(run_dir / "last.json", json.dumps(record, indent=2))
     if previous and keep <= 1 and previous["model"] != record["model"]:
-        for name in (previous["model"], previous["optimizer"]):
+        old = [previous["model"], previous["optimizer"]] + [e["file"] for e in previous.get("extra", {}).values()]
+        for name in old:
             (run_dir / name).unlink(missing_ok=True)
 
 
@@ -333,22 +430,35 @@ def read_training_state(run_dir: Path, verify: bool = True) -> dict:
     except json.JSONDecodeError as err:
         raise CheckpointError(f"{path} is corrupt ({err}); delete the run folder or start a new --out") from err
     if verify:
-        for key in ("model", "optimizer"):
-            file = Path(run_dir) / record[key]
-            if not file.is_file() or sha256(file) != record[f"{key}_sha256"]:
+        files = [(record[key], record[f"{key}_sha256"]) for key in ("model", "optimizer")]
+        files += [(e["file"], e["sha256"]) for e in record.get("extra", {}).values()]
+        for name, digest in files:
+            file = Path(run_dir) / name
+            if not file.is_file() or sha256(file) != digest:
                 raise CheckpointError(f"{file} is missing or does not match {path}; the training state is damaged")
     return record
 
 
-def load_training_state(run_dir: Path, model, optimizer: torch.optim.Optimizer) -> dict:
-    """Restore model and optimizer from ``run_dir/last.json``; returns the record (step, epoch, ...)."""
+def load_training_state(run_dir: Path, model, optimizer: torch.optim.Optimizer, extra: dict | None = None) -> dict:
+    """Restore model, optimizer (and the ``extra`` modules, by name) from ``run_dir/last.json``; returns the
+    record (step, epoch, ...)."""
     model = _unwrap(model)
     run_dir = Path(run_dir)
     record = read_training_state(run_dir)
-    if Config.from_dict({"model": record["config"]}).model != model.config:
+    if _kind(model) == "diffusion":
+        if record["config"] != _diffusion_spec(model):
+            raise CheckpointError(f"{run_dir} was trained with another diffusion model (network, schedule or noise "
+                                  "banks differ); resume with the same model or use a new out folder")
+    elif Config.from_dict({"model": record["config"]}).model != model.config:
         raise CheckpointError(f"{run_dir} was trained with config {record['config'].get('name')!r} of other "
                               "settings than this model; resume with the same config or use a new --out")
+    missing = sorted(set(extra or {}) - set(record.get("extra", {})))
+    if missing:
+        raise CheckpointError(f"{run_dir / 'last.json'} has no saved {', '.join(missing)}; it was written by "
+                              "another training loop")
     _load_weights(model, run_dir / record["model"], next(model.parameters()).device)
+    for name, module in (extra or {}).items():
+        _load_weights(module, run_dir / record["extra"][name]["file"], next(module.parameters()).device)
     tensors = load_file(str(run_dir / record["optimizer"]), device=str(next(model.parameters()).device))
     state: dict = {}
     for key, value in list(tensors.items()) + list(record["optimizer_scalars"].items()):

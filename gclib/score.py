@@ -30,7 +30,7 @@ from torch import Tensor
 from .diffusion import VPSchedule
 from .errors import InputError
 
-__all__ = ["probability_flow_log_likelihood", "hutchinson_divergence", "exact_divergence", "ScoreClassifier"]
+__all__ = ["ScoreClassifier", "exact_divergence", "hutchinson_divergence", "probability_flow_log_likelihood"]
 
 
 def hutchinson_divergence(fn, x: Tensor, probes: Tensor) -> tuple[Tensor, Tensor]:
@@ -88,7 +88,7 @@ def probability_flow_log_likelihood(eps_fn, x: Tensor, schedule: VPSchedule, ste
         return -0.5 * schedule.beta(tt).view(shape) * (xt + score)
 
     def field(xt: Tensor, t: float) -> tuple[Tensor, Tensor]:
-        fn = lambda v: velocity(v, t)  # noqa: E731
+        fn = lambda v: velocity(v, t)
         if probes is None:
             return exact_divergence(fn, xt)
         batch_probes = probes.to(xt.device, xt.dtype)[:, None].expand(len(probes), *xt.shape)
@@ -133,6 +133,19 @@ class ScoreClassifier(torch.nn.Module):
         probes = torch.randint(0, 2, (n_probes, *self.input_shape), generator=g).float() * 2 - 1
         self.register_buffer("probes", probes)
         self.register_buffer("log_prior", torch.full((num_classes,), -math.log(num_classes)))
+
+    @classmethod
+    def from_diffusion(cls, model, steps: int = 50, n_probes: int = 1, seed: int = 0) -> ScoreClassifier:
+        """The score-based reading of a :class:`gclib.diffusion.DiffusionClassifier`'s network (e.g. one
+        ``gclib.load`` gave): the same denoiser object (shared, not copied), classes, image shape and schedule.
+        Its device follows the denoiser's; put it in eval mode as the diffusion model is."""
+        from .diffusion import DiffusionClassifier
+
+        if not isinstance(model, DiffusionClassifier):
+            raise InputError(f"from_diffusion needs a DiffusionClassifier, got {type(model).__name__}")
+        score = cls(model.denoiser, model.num_classes, model.input_shape, steps=steps, n_probes=n_probes, seed=seed,
+                    schedule=model.schedule)
+        return score.to(model.device).train(model.training)
 
     @property
     def score_kind(self) -> str:

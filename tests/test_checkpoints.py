@@ -114,3 +114,67 @@ def test_fp64_model_round_trip(tmp_path):
     x = torch.rand(2, 1, 4, 4, dtype=torch.float64)
     assert next(loaded.parameters()).dtype == torch.float64
     torch.testing.assert_close(loaded.log_px(x), model.log_px(x), rtol=0, atol=0)
+
+
+# -- diffusion classifiers ----------------------------------------------------------------------------------
+def _diffusion(weighting="uniform"):
+    from gclib.diffusion import DiffusionClassifier, TinyUNet
+
+    torch.manual_seed(0)
+    return randomize(DiffusionClassifier(TinyUNet(1, 3, width=8, emb=16), 3, (1, 8, 8), n_pairs=6,
+                                         weighting=weighting, stages=((3, 2), (6, 1)), seed=4, elbo_pairs=12))
+
+
+@pytest.mark.parametrize("weighting", ["uniform", "elbo"])
+def test_diffusion_round_trip_gives_identical_scores(tmp_path, weighting):
+    from gclib.diffusion import DiffusionClassifier
+    from gclib.score import ScoreClassifier
+
+    model = _diffusion(weighting).eval()
+    json_path = checkpoints.save(model, tmp_path / "dc", seed=4)
+    manifest = json.loads(json_path.read_text())
+    assert manifest["kind"] == "diffusion" and manifest["family"] == "diffusion" and len(manifest["sha256"]) == 64
+    spec = manifest["diffusion"]
+    assert spec["network"] == {"class": "TinyUNet", "in_channels": 1, "num_classes": 3, "width": 8, "emb": 16}
+    assert (spec["seed"], spec["n_pairs"], spec["elbo_pairs"], spec["schedule"]["steps"]) == (4, 6, 12, 1000)
+    loaded = gclib.load(tmp_path / "dc", device="cpu")
+    assert isinstance(loaded, DiffusionClassifier) and loaded.weighting == weighting and not loaded.training
+    x = torch.rand(3, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(loaded.class_scores(x), model.class_scores(x))
+        assert torch.equal(loaded.elbo(x)[0], model.elbo(x)[0]) and torch.equal(loaded.predict(x), model.predict(x))
+        assert torch.equal(loaded.bits_per_dim(x), model.bits_per_dim(x))
+    # One trained network, two readings: the score-based classifier of the loaded denoiser.
+    score = ScoreClassifier.from_diffusion(loaded, steps=2)
+    assert score.denoiser is loaded.denoiser and score.schedule == loaded.schedule and score.num_classes == 3
+    assert torch.isfinite(score.class_scores(x)).all()
+    # load_into an equal model; another model's checkpoint is refused
+    fresh = _diffusion(weighting)
+    with torch.no_grad():
+        fresh.denoiser.out[-1].weight.add_(1.0)
+    gclib.load_into(fresh, tmp_path / "dc")
+    assert torch.equal(fresh.class_scores(x), model.class_scores(x))
+    other = _diffusion("elbo" if weighting == "uniform" else "uniform")
+    with pytest.raises(gclib.CheckpointError, match="another diffusion model"):
+        gclib.load_into(other, tmp_path / "dc")
+    with pytest.raises(gclib.CheckpointError, match="diffusion"):
+        gclib.load_into(gclib.GenerativeClassifier(tiny_config()), tmp_path / "dc")
+
+
+def test_diffusion_checkpoint_is_verified_and_refuses_unknown_networks(tmp_path):
+    from gclib.diffusion import DiffusionClassifier
+
+    checkpoints.save(_diffusion(), tmp_path / "dc")
+    weights = tmp_path / "dc.safetensors"
+    weights.write_bytes(weights.read_bytes()[:500])
+    with pytest.raises(gclib.CheckpointError, match="sha256"):
+        gclib.load(tmp_path / "dc")
+    net = torch.nn.Conv2d(1, 1, 1)
+    with pytest.raises(gclib.CheckpointError, match="TinyUNet"):
+        checkpoints.save(DiffusionClassifier(net, 3, (1, 8, 8), n_pairs=2, elbo_pairs=2), tmp_path / "other")
+    assert not (tmp_path / "other.json").exists()
+    checkpoints.save(_diffusion(), tmp_path / "dc")  # the ELBO bank, rebuilt from its seed, must match its sha256
+    good = json.loads((tmp_path / "dc.json").read_text())
+    (tmp_path / "dc.json").write_text(json.dumps({**good, "elbo_bank_sha256": "0" * 64}))
+    with pytest.raises(gclib.CheckpointError, match="noise bank"):
+        gclib.load(tmp_path / "dc")

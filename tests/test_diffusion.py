@@ -1,12 +1,30 @@
 """The diffusion classifier's rule: shared noise, the right answer on a denoiser with a known optimum, pruning."""
 
+import csv
+import json
 import math
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
-from gclib.classifier import CapabilityError, check_classifier
-from gclib.diffusion import DiffusionClassifier, NoiseBank, TinyUNet, VPSchedule, classify, denoising_errors
+import gclib
+from gclib.classifier import check_classifier, supports
+from gclib.data import ImageDataset
+from gclib.diffusion import (
+    NETWORKS,
+    DiffusionClassifier,
+    NoiseBank,
+    TinyUNet,
+    VPSchedule,
+    classify,
+    denoising_errors,
+    denoising_loss,
+    fit,
+    negative_elbo,
+    negative_elbo_from_errors,
+)
+from gclib.errors import InputError
 
 SCHEDULE = VPSchedule()
 
@@ -90,15 +108,222 @@ def test_pruning_never_drops_the_true_best_class_and_saves_evaluations():
 
 
 def test_interface_and_errors():
-    clf = DiffusionClassifier(TinyUNet(1, 3, width=8, emb=16), 3, (1, 28, 28), n_pairs=4)
+    clf = DiffusionClassifier(TinyUNet(1, 3, width=8, emb=16), 3, (1, 28, 28), n_pairs=4, elbo_pairs=8)
     check_classifier(clf)
     assert clf.score_kind == "surrogate" and clf.evaluations_per_image == 12
+    assert clf.density_kind == "bound" and supports(clf, "density")
     x = torch.rand(2, 1, 28, 28)
     assert clf.class_scores(x).shape == (2, 3) and clf(x).shape == (2, 3)
-    with pytest.raises(CapabilityError):
-        clf.log_px(x)
+    scores, se = clf.elbo(x)
+    assert scores.shape == se.shape == (2, 3) and (se > 0).all()
+    torch.testing.assert_close(clf.log_px(x), torch.logsumexp(scores - math.log(3), 1))
+    assert clf.bits_per_dim(x).shape == (2,)
     with pytest.raises(Exception, match=r"\[0, 1\]"):
         clf.class_scores(x + 2)
-    assert DiffusionClassifier(TinyUNet(1, 3, width=8, emb=16), 3, (1, 28, 28), weighting="elbo").score_kind == "bound"
-    elbo = DiffusionClassifier(PointMassDenoiser(_means()), 4, (1, 4, 4), n_pairs=8, weighting="elbo")
-    assert math.isfinite(float(elbo.class_scores(torch.rand(2, 1, 4, 4)).sum()))
+    bound = DiffusionClassifier(TinyUNet(1, 3, width=8, emb=16), 3, (1, 28, 28), weighting="elbo", elbo_pairs=8)
+    check_classifier(bound)
+    assert bound.score_kind == "bound" and bound.evaluations_per_image == 24
+    elbo = DiffusionClassifier(PointMassDenoiser(_means()), 4, (1, 4, 4), n_pairs=8, weighting="elbo", elbo_pairs=16)
+    y = torch.rand(2, 1, 4, 4)
+    assert math.isfinite(float(elbo.class_scores(y).sum()))
+    torch.testing.assert_close(elbo.class_scores(y), elbo.elbo(y)[0])
+    with pytest.raises(InputError, match="weighting"):
+        DiffusionClassifier(TinyUNet(1, 3, width=8, emb=16), 3, (1, 28, 28), weighting="mse")
+    with pytest.raises(InputError, match="t_min"):
+        DiffusionClassifier(TinyUNet(1, 3, width=8, emb=16), 3, (1, 28, 28), elbo_t_min=0.0)
+
+
+# -- training -------------------------------------------------------------------------------------------
+def _tiny_model(weighting="uniform", seed=0):
+    torch.manual_seed(seed)
+    return DiffusionClassifier(TinyUNet(1, 3, width=8, emb=16), 3, (1, 8, 8), n_pairs=8, weighting=weighting,
+                               stages=((4, 2), (8, 1)), elbo_pairs=16)
+
+
+def _tiny_dataset(n=48):
+    # Three classes of 8x8 images: a bright left half, right half or centre, plus noise.
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(n) % 3
+    x = 0.2 * torch.rand(n, 1, 8, 8, generator=g)
+    x[y == 0, :, :, :4] += 0.7
+    x[y == 1, :, :, 4:] += 0.7
+    x[y == 2, :, 2:6, 2:6] += 0.7
+    return ImageDataset((x.clamp(0, 1) * 255).round().to(torch.uint8), y)
+
+
+def _read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_a_few_training_steps_lower_the_loss_on_a_fixed_batch():
+    model = _tiny_model()
+    x, y = _tiny_dataset(16).batch(slice(None))
+
+    @torch.no_grad()
+    def fixed_loss():  # the same t, eps and dropout draws every time
+        return float(denoising_loss(model, x, y, torch.Generator().manual_seed(1), class_dropout=0.1))
+
+    before = fixed_loss()
+    opt = torch.optim.Adam(model.denoiser.parameters(), lr=3e-3)
+    for step in range(30):
+        loss = denoising_loss(model, x, y, torch.Generator().manual_seed(100 + step), class_dropout=0.1)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = fixed_loss()
+    assert before == pytest.approx(1.0, abs=0.2)  # the zero-initialised output predicts eps = 0 at first
+    assert after < 0.5 * before, (before, after)  # measured 1.08 -> 0.16
+
+
+def test_discrete_time_uses_ddpm_grid():
+    model = _tiny_model()
+    seen = []
+    model.denoiser.register_forward_pre_hook(lambda m, args: seen.append(args[1]))
+    x, y = _tiny_dataset(16).batch(slice(None))
+    denoising_loss(model, x, y, torch.Generator().manual_seed(0), time="discrete")
+    t = seen[0] * model.schedule.steps
+    torch.testing.assert_close(t, t.round())
+    assert float(t.min()) >= 1 and float(t.max()) <= model.schedule.steps
+
+
+def test_fit_writes_log_and_final_and_resumes_to_the_same_state(tmp_path):
+    data = _tiny_dataset()  # 48 images, batch 16: 3 steps an epoch
+    kwargs = dict(epochs=2, batch_size=16, lr=1e-3, ema_decay=0.9, device="cpu", progress=False)
+    model = _tiny_model()
+    history = fit(model, data, data, out=tmp_path / "a", **kwargs)
+    rows = _read_csv(tmp_path / "a" / "log.csv")
+    assert [r["epoch"] for r in rows] == ["1", "2"] and [r["step"] for r in rows] == ["3", "6"]
+    assert {"epoch", "step", "lr", "train_loss", "val_loss", "train_images_per_s"} <= set(rows[0])
+    assert all(math.isfinite(float(r["val_loss"])) for r in rows) and len(history) == 2
+    final = gclib.load(tmp_path / "a" / "final", device="cpu")
+    x = torch.rand(2, 1, 8, 8)
+    assert torch.equal(final.class_scores(x), model.class_scores(x))  # the model ends with the EMA weights
+    with pytest.raises(gclib.TrainingError, match="already holds"):
+        fit(_tiny_model(), data, out=tmp_path / "a", **kwargs)
+    with pytest.raises(gclib.ConfigError, match="other lr"):
+        fit(_tiny_model(), data, out=tmp_path / "a", resume=True, **{**kwargs, "lr": 1e-2})
+
+    # Interrupted after 4 steps (inside epoch 2), then resumed by a fresh process's worth of objects.
+    fit(_tiny_model(), data, data, out=tmp_path / "b", max_steps=4, **kwargs)
+    assert json.loads((tmp_path / "b" / "last.json").read_text())["batch_in_epoch"] == 1
+    fit(_tiny_model(seed=5), data, data, out=tmp_path / "b", resume=True, **kwargs)
+    a_rows, b_rows = rows, _read_csv(tmp_path / "b" / "log.csv")
+    for key in ("epoch", "step", "train_loss", "val_loss"):
+        assert [r[key] for r in a_rows] == [r[key] for r in b_rows]
+    last_a, last_b = (json.loads((tmp_path / run / "last.json").read_text()) for run in "ab")
+    files = [("final.safetensors",) * 2, (last_a["model"], last_b["model"]), (last_a["optimizer"], last_b["optimizer"]),
+             (last_a["extra"]["ema"]["file"], last_b["extra"]["ema"]["file"])]
+    for name_a, name_b in files:
+        wa, wb = load_file(str(tmp_path / "a" / name_a)), load_file(str(tmp_path / "b" / name_b))
+        assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa), name_a
+    assert last_a["optimizer_scalars"] == last_b["optimizer_scalars"]
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"epochs": 0}, "epochs"), ({"batch_size": 1000}, "smaller than one batch"), ({"lr": -1.0}, "lr"),
+    ({"ema_decay": 1.0}, "ema_decay"), ({"class_dropout": 1.5}, "class_dropout"), ({"time": "log"}, "time"),
+    ({"max_steps": 0}, "max_steps"), ({"out": None}, "out"),
+])
+def test_fit_bad_arguments_give_one_clear_error(tmp_path, bad, match):
+    kwargs = {"epochs": 1, "batch_size": 16, "out": tmp_path / "run", "device": "cpu", "progress": False, **bad}
+    with pytest.raises(gclib.ConfigError, match=match):
+        fit(_tiny_model(), _tiny_dataset(), **kwargs)
+    assert not (tmp_path / "run" / "last.json").exists()
+
+
+class _PlainDenoiser(torch.nn.Module):
+    """A denoiser without a null class (no unconditional embedding)."""
+
+    def __init__(self, in_channels=1):
+        super().__init__()
+        self.config = {"in_channels": in_channels}
+        self.conv = torch.nn.Conv2d(in_channels, in_channels, 3, padding=1)
+
+    def forward(self, xt, t, y):
+        return self.conv(xt)
+
+
+def test_fit_without_a_null_class_trains_without_class_dropout(tmp_path, monkeypatch):
+    monkeypatch.setitem(NETWORKS, "_PlainDenoiser", _PlainDenoiser)
+    model = DiffusionClassifier(_PlainDenoiser(), 3, (1, 8, 8), n_pairs=2, elbo_pairs=2)
+    with pytest.warns(UserWarning, match="without class dropout"):
+        fit(model, _tiny_dataset(), epochs=1, batch_size=16, out=tmp_path, device="cpu", progress=False)
+    assert gclib.load(tmp_path / "final").manifest["info"]["class_dropout"] == 0.0
+    with pytest.raises(gclib.ConfigError, match="null_class"):
+        denoising_loss(model, *_tiny_dataset(4).batch(slice(None)), class_dropout=0.1)
+    monkeypatch.delitem(NETWORKS, "_PlainDenoiser")
+    with pytest.raises(gclib.ConfigError, match="NETWORKS"):  # refused before training: it could not be saved
+        fit(model, _tiny_dataset(), epochs=1, batch_size=16, out=tmp_path / "2", progress=False)
+
+
+def test_fit_refuses_other_models_and_images_of_another_size(tmp_path):
+    with pytest.raises(gclib.ConfigError, match="DiffusionClassifier"):
+        fit(torch.nn.Linear(2, 2), _tiny_dataset(), epochs=1, out=tmp_path)
+    wide = ImageDataset(torch.zeros(32, 1, 4, 4, dtype=torch.uint8), torch.zeros(32, dtype=torch.long))
+    with pytest.raises(gclib.ConfigError, match=r"\(1, 8, 8\)"):
+        fit(_tiny_model(), wide, epochs=1, batch_size=16, out=tmp_path)
+
+
+# -- the ELBO ---------------------------------------------------------------------------------------------
+def gaussian_eps(s):
+    """The optimal noise predictor for data x ~ N(0, s^2 I): sqrt(1 - abar) x_t / (abar s^2 + 1 - abar)."""
+
+    def eps(xt, t, y=None):
+        shape = (-1,) + (1,) * (xt.dim() - 1)
+        abar = SCHEDULE.abar(t).view(shape)
+        return (1 - abar).sqrt() * xt / (abar * s**2 + 1 - abar)
+
+    return eps
+
+
+def _gaussian_case(s=0.5, n=16, shape=(1, 28, 28)):
+    x = s * torch.randn(n, *shape, generator=torch.Generator().manual_seed(0))
+    d = math.prod(shape)
+    nll = 0.5 * d * math.log(2 * math.pi * s**2) + 0.5 * x.flatten(1).square().sum(1) / s**2
+    return x, nll, d
+
+
+@pytest.mark.parametrize("pairs", [1000, 100_000])
+def test_elbo_of_the_optimal_denoiser_bounds_the_gaussian_nll_tightly(pairs):
+    # The expectation over the noise (in closed form here) on the bank's log-SNR points: only the bound's own gap
+    # remains (the decoder's, ~ sigma(t_min)^2 / (2 s^2) = 2.2e-4 nats/dim) and the strata's placement (T = 1000).
+    s = 0.5
+    x, nll, d = _gaussian_case(s)
+    t = NoiseBank.log_snr_strata(pairs, (1,), SCHEDULE, seed=0).t.double()
+    abar = SCHEDULE.abar(t)
+    v = abar * s**2 + 1 - abar
+    expected_error = (abar * s**2 / v) ** 2 + (1 - abar) * abar * x.double().flatten(1).square().mean(1, True) / v**2
+    bound, _ = negative_elbo_from_errors(expected_error[:, None], x.double(), SCHEDULE)
+    gap = (bound[:, 0] - nll) / d
+    assert (gap >= 0).all() and (gap < 3e-4).all(), gap  # measured 1.2e-4 .. 1.7e-4 (T = 1000), 1.9e-4 .. 2.3e-4
+
+
+def test_elbo_estimate_with_a_noise_bank_of_t_1000_pairs():
+    s = 0.5
+    x, nll, d = _gaussian_case(s)
+    bank = NoiseBank.log_snr_strata(SCHEDULE.steps, x.shape[1:], SCHEDULE, seed=0)
+    bound, se = negative_elbo(gaussian_eps(s), x, torch.zeros(len(x), 1, dtype=torch.long), bank, SCHEDULE)
+    gap = (bound[:, 0] - nll) / d
+    # Measured: gap 1.8e-3 nats/dim on average, 7.3e-3 at most; the standard error 9e-3 nats/dim per image (the noise
+    # is shared by the images, so their gaps are correlated and their mean is no more precise).
+    assert (gap.abs() < 3 * se[:, 0] / d).all()
+    assert float(gap.abs().max()) < 0.01
+    # The standard error is that of the noise: it matches the spread over banks of other seeds.
+    one, nll_one = x[:1], nll[:1]
+    estimates = torch.stack([negative_elbo(gaussian_eps(s), one, torch.zeros(1, 1, dtype=torch.long),
+                                           NoiseBank.log_snr_strata(SCHEDULE.steps, x.shape[1:], SCHEDULE, seed=k),
+                                           SCHEDULE)[0][0, 0] for k in range(1, 13)])
+    assert 0.6 < float(estimates.std() / se[0, 0]) < 1.6
+    assert abs(float(estimates.mean() - nll_one[0])) < 3 * float(se[0, 0])
+
+
+def test_log_snr_bank_covers_t_min_to_one_stratified():
+    bank = NoiseBank.log_snr_strata(50, (1, 2, 2), SCHEDULE, seed=3, t_min=1e-3)
+    lam = SCHEDULE.log_snr(bank.t.double())
+    lo, hi = SCHEDULE.log_snr(torch.tensor([1.0, 1e-3], dtype=torch.float64))
+    stratum = ((hi - lam) / (hi - lo) * 50).floor()
+    assert torch.equal(stratum, torch.arange(50, dtype=torch.float64))  # one point in each stratum, sorted by t
+    t = torch.linspace(1e-3, 1, 7, dtype=torch.float64)
+    torch.testing.assert_close(SCHEDULE.t_from_log_snr(SCHEDULE.log_snr(t)), t)
+    assert torch.equal(bank.eps, NoiseBank.log_snr_strata(50, (1, 2, 2), SCHEDULE, seed=3).eps)

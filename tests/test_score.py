@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+import gclib
 from gclib.classifier import check_classifier
 from gclib.diffusion import TinyUNet, VPSchedule
 from gclib.score import ScoreClassifier, exact_divergence, hutchinson_divergence, probability_flow_log_likelihood
@@ -70,3 +71,17 @@ def test_score_classifier_interface_and_shared_probes():
     # The untrained net predicts eps = 0 (zero-initialised output): every class gets the same likelihood.
     torch.testing.assert_close(scores[:, 0], scores[:, 1])
     torch.testing.assert_close(clf.log_px(x), torch.logsumexp(scores - math.log(3), 1))
+
+
+def test_score_classifier_reads_a_diffusion_classifiers_network():
+    from gclib.diffusion import DiffusionClassifier
+
+    schedule = VPSchedule(beta_max=10.0)
+    dc = DiffusionClassifier(TinyUNet(1, 3, width=8, emb=16), 3, (1, 8, 8), n_pairs=2, elbo_pairs=2,
+                             schedule=schedule).eval()
+    clf = ScoreClassifier.from_diffusion(dc, steps=2, n_probes=2, seed=1)
+    check_classifier(clf)
+    assert clf.denoiser is dc.denoiser and clf.schedule is schedule and clf.input_shape == (1, 8, 8)
+    assert len(clf.probes) == 2 and not clf.training
+    with pytest.raises(gclib.InputError, match="DiffusionClassifier"):
+        ScoreClassifier.from_diffusion(TinyUNet(1, 3, width=8, emb=16))
