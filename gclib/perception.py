@@ -257,7 +257,7 @@ def hybrid(low_x: Tensor, high_x: Tensor, cutoff: float) -> Tensor:
 
 
 def band_energy(x: Tensor, low: float, high: float) -> Tensor:
-    """Per image, the spectral energy sum |F|^2 at radial frequencies in (``low``, ``high``] [N]."""
+    """Per image, the spectral energy ``sum |F|^2`` at radial frequencies in (``low``, ``high``] [N]."""
     r = radial_frequency(*x.shape[-2:])
     band = ((r > low) & (r <= high)).double()
     return (torch.fft.fft2(x.double()).abs() ** 2 * band).flatten(1).sum(1)
