@@ -327,3 +327,19 @@ def test_log_snr_bank_covers_t_min_to_one_stratified():
     t = torch.linspace(1e-3, 1, 7, dtype=torch.float64)
     torch.testing.assert_close(SCHEDULE.t_from_log_snr(SCHEDULE.log_snr(t)), t)
     assert torch.equal(bank.eps, NoiseBank.log_snr_strata(50, (1, 2, 2), SCHEDULE, seed=3).eps)
+
+
+def test_command_line_trains_resumes_and_evaluates(tmp_path, capsys, fashion):
+    from gclib.diffusion import main
+
+    args = ["--width", "8", "--emb", "8", "--epochs", "1", "--batch-size", "16", "--train-subset", "64",
+            "--n-pairs", "4", "--out", str(tmp_path / "run"), "--no-progress", "--device", "cpu"]
+    assert main([*args, "--max-steps", "2"]) == 0
+    assert (tmp_path / "run" / "last.json").exists()  # stopped inside the epoch: the state is saved
+    assert main([*args, "--resume", "--eval-test", "6", "--eval-bpd", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "test accuracy" in out and "/6)" in out and "bits/dim (ELBO, an upper bound)" in out
+    model = gclib.load(tmp_path / "run" / "final")
+    assert model.family == "diffusion" and model.manifest["info"]["steps"] == 4
+    assert main([*args]) == 2  # a fresh run into a folder that holds one: one clear error
+    assert "resume" in capsys.readouterr().err
