@@ -298,7 +298,7 @@ def classify(errors_fn, batch: int, num_classes: int, stages=((10, 5), (40, 2), 
         raise InputError("stages must not be empty")
     candidates = torch.arange(num_classes, device=device).repeat(batch, 1)
     evaluations = torch.zeros(batch, dtype=torch.long, device=device)
-    done_pairs = {}  # class -> pairs already scored, per image (to count evaluations honestly)
+    done = torch.zeros(batch, num_classes, dtype=torch.long, device=device)  # pairs scored per image and class
     errors = None
     for n_pairs, keep in stages:
         if keep < 1:
@@ -306,11 +306,9 @@ def classify(errors_fn, batch: int, num_classes: int, stages=((10, 5), (40, 2), 
         errors = errors_fn(candidates, n_pairs)  # [B, K]
         k = candidates.shape[1]
         # A prefix already scored for a class costs only its new pairs.
-        for j in range(k):
-            prev = torch.tensor([done_pairs.get((i, int(candidates[i, j])), 0) for i in range(batch)], device=device)
-            evaluations += (n_pairs - prev).clamp_min(0)
-            for i in range(batch):
-                done_pairs[(i, int(candidates[i, j]))] = max(n_pairs, int(prev[i]))
+        prev = done.gather(1, candidates)
+        evaluations += (n_pairs - prev).clamp_min(0).sum(1)
+        done.scatter_(1, candidates, prev.clamp_min(n_pairs))
         keep = min(keep, k)
         best = errors.topk(keep, dim=1, largest=False).indices
         candidates = candidates.gather(1, best)
