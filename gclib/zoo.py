@@ -11,7 +11,7 @@ The zoo is also a recipe: ``ZOO`` lists every model with the exact ``python -m g
 arguments it was trained with, so ``python -m gclib.zoo train NAME`` retrains it and
 ``python -m gclib.zoo publish NAME --run DIR`` evaluates and ships the result.
 
->>> sorted(e.beta for e in entries("fashion-mnist") if e.model == "gc" and e.seed == 0)[:3]
+>>> sorted(e.beta for e in entries("fashion-mnist") if e.model == "gc" and e.seed == 0 and e.config is None)[:3]
 ['0', '1', '16']
 >>> entry("fashion-mnist", "gc-beta-8").command("runs/x")[:6]
 ['-m', 'gclib.train', '--config', 'fashion-mnist', '--model', 'gc']
