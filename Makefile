@@ -41,8 +41,8 @@ browser:  ## install Debian's chromium for the tests' browser check (unless CHRO
 test: setup data browser  ## run the test suite (CPU): includes every notebook (smoke), the book build and a browser check
 	$(BIN)/python -m pytest
 
-quick-model: setup data  ## train a beta=8 GC on Fashion-MNIST (1 epoch, CPU) and print its test accuracy
-	$(BIN)/python -m gclib.train --config fashion-mnist --beta 8 --epochs 1 --out runs/quick --resume --eval-test
+quick-model: setup data  ## train a small beta=8 GC on Fashion-MNIST (1 epoch, CPU) and print its test accuracy
+	$(BIN)/python -m gclib.train --config fashion-mnist-small --beta 8 --epochs 1 --out runs/quick --resume --eval-test
 
 book: setup data  ## THE main job: run every notebook with the "paper" parameters and build the book into _build/html
 	$(BOOK) all --params paper

@@ -1,6 +1,6 @@
 """What each element of the IB-INN training recipe does: ``table_recipe_ablation``.
 
-Every variant is the small ``fashion-mnist`` model trained with the same data, steps, seed and beta,
+Every variant is the small ``fashion-mnist-small`` model trained with the same data, steps, seed and beta,
 with one element of the IB-INN recipe (vislearn/IB-INN) switched on, plus one variant with all of them
 and the strong ``fashion-mnist-large`` config (the whole recipe in IB-INN's architecture).
 Equal steps is not equal FLOPs: the fully connected coupling and BatchNorm make a step dearer, so the
@@ -41,7 +41,7 @@ class Variant:
     name: str  # a folder name
     label: str  # what the table says
     args: tuple[str, ...]  # extra ``python -m gclib.train`` arguments
-    config: str = "fashion-mnist"
+    config: str = "fashion-mnist-small"
 
 
 _ALL = ("--label-smoothing", "0.02", "--input-noise", "0.01", "--set", "permutation=soft", "--set", "fc_blocks=1",

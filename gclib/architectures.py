@@ -45,7 +45,7 @@ from .model import FeedForwardClassifier, GenerativeClassifier
 __all__ = ["architecture_rows", "architecture_row", "forward_flops", "batch_flops", "low_rank_norm_flops",
            "measured_columns", "HEADERS", "MEASURED_HEADERS", "headers"]
 
-DEFAULT_CONFIGS = ("fashion-mnist", "cifar10", "imagenet")
+DEFAULT_CONFIGS = ("fashion-mnist-small", "fashion-mnist", "cifar10", "imagenet")
 
 #: Markdown column titles of the rows' keys (the CSV keeps the keys).
 HEADERS: dict[str, str] = {

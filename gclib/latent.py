@@ -560,13 +560,14 @@ def _mosaic(tiles: Tensor, pad: int = 2) -> Tensor:
     return out
 
 
-def plot_prototypes(protos: dict[str, dict], class_names: list[str]):
+def plot_prototypes(protos: dict[str, dict], class_names: list[str], n_rows: int = 1):
     """``fig_prototypes``: per model a block of decoded class means and temperature samples, one row per class.
 
     Args:
         protos: panel title (e.g. ``"β=8"``) to a :func:`prototypes` dict, optionally with ``centroids``
             [C, ...] (decoded class centroids of data latents, shown after the means).
         class_names: the C class names (rows).
+        n_rows: rows of panels (the panels fill them in order, e.g. the small zoo above the large models).
 
     Every image is clamped to [0, 1] for display, except the "stretched" column, which maps each decoded
     mean's own range to black..white so that its shape shows. Each column group's label gives the share
@@ -575,13 +576,17 @@ def plot_prototypes(protos: dict[str, dict], class_names: list[str]):
     from .plotting import _plt
 
     plt = _plt()
-    n = len(protos)
+    n_rows = max(1, min(n_rows, len(protos)))
+    n = math.ceil(len(protos) / n_rows)  # panels per row
     first = next(iter(protos.values()))
     extra = 2 + ("centroids" in first)
     n_cols = extra + len(first["temperatures"]) * first["samples"].shape[2]
-    fig, axes = plt.subplots(1, n, figsize=(0.4 * n_cols * n + 1.0, 0.4 * len(class_names) + 1.0),
+    fig, axes = plt.subplots(n_rows, n, figsize=(0.4 * n_cols * n + 1.0, n_rows * (0.4 * len(class_names) + 1.0)),
                              squeeze=False, layout="constrained")
-    for j, (ax, (title, p)) in enumerate(zip(axes[0], protos.items())):
+    for ax in axes.flat[len(protos):]:
+        ax.set_axis_off()
+    for k, (ax, (title, p)) in enumerate(zip(axes.flat, protos.items())):
+        j = k % n
         temps, ns = p["temperatures"], p["samples"].shape[2]
         means = torch.nan_to_num(p["means"].double())
         lo, hi = means.flatten(1).min(1).values, means.flatten(1).max(1).values

@@ -20,6 +20,7 @@ __all__ = [
     "BETA_COLORS",
     "DETERMINISTIC_RC",
     "PAPER_BETA_FACTOR",
+    "beta_color",
     "figure",
     "plot_beta_tradeoff",
     "plot_both_or_neither",
@@ -186,110 +187,145 @@ def _beta_x(beta: str) -> int:
     return _BETA_ORDER.index(beta)
 
 
+def beta_color(beta: str) -> str:
+    """The colour of a beta: the small zoo's palette, and for the large zoo's paper-scale betas (192 and
+    up, between the small zoo's largest finite beta and infinity) shades between 32's and inf's."""
+    if beta in BETA_COLORS:
+        return BETA_COLORS[beta]
+    if beta in (None, ""):
+        return "#7f7f7f"
+    import matplotlib
+    from matplotlib.colors import to_hex
+
+    # viridis between the positions of 32 and inf in the small palette, by log beta up to 6144
+    t = min(1.0, max(0.0, math.log(float(beta) / 32) / math.log(6144 / 32))) if float(beta) > 32 else 0.0
+    return to_hex(matplotlib.colormaps["viridis"](0.86 + 0.12 * t))
+
+
+def _variant_rows(rows: list[dict]) -> dict[str, list[dict]]:
+    """GC rows by config variant, the small zoo first (``zoo.variant``: "small", "large", ...)."""
+    from .zoo import variant
+
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        if r["model"] == "GC":
+            groups.setdefault(variant(r.get("config", "")) or "default", []).append(r)
+    return dict(sorted(groups.items(), key=lambda kv: {"small": 0, "default": 1}.get(kv[0], 2)))
+
+
+_VARIANT_MARKERS = {"small": "o", "default": "D", "large": "*"}
+
+
 def plot_beta_tradeoff(rows: list[dict], paper_top1: dict | None = None):
     """The information-bottleneck trade-off across beta, from ``gclib.zoo.model_rows`` rows.
 
-    Left: test accuracy per beta (every seed as a dot, the mean as a line) with the ResNet baseline.
-    Middle: accuracy relative to beta = inf, ours on Fashion-MNIST beside the paper's ImageNet numbers,
-    to compare the shape of the trade-off. Right: accuracy against bits/dim (up-left is better).
-    Models of another config than the dataset's default (``fashion-mnist-large``) are stars beside it.
+    Left: test accuracy per beta (log axis; every seed as a point, the mean as a line) for each config's
+    zoo (the small zoo as dots, the large one as stars) with the ResNet baselines. Middle: accuracy
+    relative to the same zoo's beta = inf, beside the paper's ImageNet numbers at the same beta and at
+    the per-image-equivalent beta (x192). Right: accuracy against bits/dim (up-left is better).
+    beta = 0 trains no classes and is noted, off the accuracy scale.
     """
-    from .zoo import variant
+    from matplotlib.ticker import FixedFormatter, FixedLocator, NullLocator
 
-    gc = [r for r in rows if r["model"] == "GC" and not variant(r.get("config", ""))]
-    large = [r for r in rows if r["model"] == "GC" and variant(r.get("config", ""))]  # other configs: stars
+    groups = _variant_rows(rows)
     dc = [r for r in rows if r["model"] != "GC"]
-    betas = [b for b in _BETA_ORDER if any(r["beta"] == b for r in gc)]
-    fig, axes = figure(3, width=3.3)
-    ax_acc, ax_rel, ax_bpd = axes[0]
-
-    mean_acc = {}
-    for b in betas:
-        accs = [100 * r["test_accuracy"] for r in gc if r["beta"] == b]
-        mean_acc[b] = sum(accs) / len(accs)
-        ax_acc.scatter([_beta_x(b)] * len(accs), accs, color=BETA_COLORS[b], s=16, zorder=3)
-    trained = [b for b in betas if b != "0"]  # beta = 0 does not train the classes: off this scale
-    ax_acc.plot([_beta_x(b) for b in trained], [mean_acc[b] for b in trained], color="k", lw=1, zorder=2,
-                label="GC, mean over seeds")
-    for r in dc:
-        ax_acc.axhline(100 * r["test_accuracy"], color=DC_COLOR, ls="--", lw=1, label=f"DC ({r['model']})")
-    for i, r in enumerate(r for r in large if r["beta"] != "0"):
-        ax_acc.scatter([_beta_x(r["beta"])], [100 * r["test_accuracy"]], marker="*", s=60, color=BETA_COLORS[r["beta"]],
-                       edgecolor="k", linewidth=0.4, zorder=4,
-                       label=f"GC, {variant(r['config'])} config" if i == 0 else None)
-    ax_acc.set_xticks(range(len(_BETA_ORDER)), [b if b != "inf" else "∞" for b in _BETA_ORDER])
-    ax_acc.set_xlabel("β")
-    ax_acc.set_ylabel("test accuracy (%)")
-    ax_acc.set_title("Fashion-MNIST: accuracy per β")
-    low = min([v for b, v in mean_acc.items() if b != "0"] or [0])
-    ax_acc.set_ylim(low - 2, max([*mean_acc.values(), *[100 * r["test_accuracy"] for r in dc]]) + 1)
-    if "0" in mean_acc:
-        ax_acc.annotate(f"β=0: {mean_acc['0']:.1f}%", (0, low - 1.8), fontsize=7, ha="left", va="bottom")
-    ax_acc.legend(fontsize=7, loc="lower right")
-
-    # The middle panel on a numeric beta axis, so the paper's ImageNet numbers can stand at both readings
-    # of beta: the same beta (L_X per dimension, L_Y per image: the same number), and the beta that puts
-    # the same weight on the class term per image (x 150,528 / 784 = 192 on Fashion-MNIST).
-    finite = [float(b) for b in _BETA_ORDER if b not in ("0", "inf")]
+    finite = sorted({float(r["beta"]) for g in groups.values() for r in g if r["beta"] not in ("0", "inf")})
     paper_finite = [float(b) for b in (paper_top1 or {}) if b not in ("0", "inf", "resnet")]
-    top = max(finite + [v * PAPER_BETA_FACTOR for v in paper_finite])
+    top = max(finite + [v * PAPER_BETA_FACTOR for v in paper_finite] + [32.0])
     x_inf = top * 8  # where beta = inf is drawn, one marked step right of the largest finite beta
 
     def bx(b):
         return x_inf if b == "inf" else float(b)
 
-    if "inf" in mean_acc:
-        rel = [(b, mean_acc[b] - mean_acc["inf"]) for b in betas if b != "0"]
-        ax_rel.plot([bx(b) for b, _ in rel], [v for _, v in rel], "o-", color="k", ms=4,
-                    label="ours, Fashion-MNIST")
+    def log_beta_axis(ax):
+        ax.set_xscale("log")
+        ticks = [t for t in (1, 10, 100, 1000, 10000) if t <= top * 1.5]
+        ax.xaxis.set_major_locator(FixedLocator([*ticks, x_inf]))
+        ax.xaxis.set_major_formatter(FixedFormatter([f"{t:g}" for t in ticks] + ["∞"]))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xlabel("β")
+
+    fig, axes = figure(3, width=3.4)
+    ax_acc, ax_rel, ax_bpd = axes[0]
+    means: dict[str, dict[str, float]] = {}
+    zero_notes = []
+    for kind, group in groups.items():
+        marker, size = _VARIANT_MARKERS.get(kind, "s"), (60 if kind == "large" else 16)
+        betas = sorted({r["beta"] for r in group}, key=lambda b: math.inf if b == "inf" else float(b))
+        means[kind] = {}
+        for b in betas:
+            accs = [100 * r["test_accuracy"] for r in group if r["beta"] == b]
+            means[kind][b] = sum(accs) / len(accs)
+            if b == "0":
+                zero_notes.append(f"{kind} β=0: {means[kind][b]:.1f} %")
+                continue
+            ax_acc.scatter([bx(b)] * len(accs), accs, color=beta_color(b), marker=marker, s=size, zorder=3,
+                           edgecolor="k" if kind == "large" else "none", linewidth=0.4)
+        trained = [b for b in betas if b != "0"]
+        ax_acc.plot([bx(b) for b in trained], [means[kind][b] for b in trained], color="k", zorder=2,
+                    lw=1, ls="-" if kind == "small" else "--", label=f"GC, {kind} zoo (mean over seeds)")
+    for r in dc:
+        ax_acc.axhline(100 * r["test_accuracy"], color=DC_COLOR, ls="--" if "-" not in r.get("name", "") else ":",
+                       lw=1, label=f"DC ({r.get('name') or r['model']})")
+    log_beta_axis(ax_acc)
+    ax_acc.set_ylabel("test accuracy (%)")
+    ax_acc.set_title("Fashion-MNIST: accuracy per β")
+    trained_acc = [v for m in means.values() for b, v in m.items() if b != "0"]
+    ax_acc.set_ylim(min(trained_acc or [0]) - 2, max([*trained_acc, *[100 * r["test_accuracy"] for r in dc]]) + 1)
+    if zero_notes:
+        ax_acc.annotate("off scale: " + ", ".join(zero_notes), (0.02, 0.02), xycoords="axes fraction", fontsize=6.5)
+    ax_acc.legend(fontsize=6, loc="lower right")
+
+    # The middle panel: the paper's ImageNet numbers at both readings of beta: the same beta (L_X per
+    # dimension, L_Y per image: the same number), and the beta that puts the same weight on the class
+    # term per image (x 150,528 / 784 = 192 on Fashion-MNIST).
+    for kind, m in means.items():
+        if "inf" in m:
+            rel = [(b, v - m["inf"]) for b, v in m.items() if b != "0"]
+            ax_rel.plot([bx(b) for b, _ in rel], [v for _, v in rel], ("o-" if kind == "small" else "*--"),
+                        color="k", ms=4 if kind == "small" else 7, label=f"ours, {kind} zoo")
     if paper_top1:
-        pb = [b for b in _BETA_ORDER if b in paper_top1 and b != "0"]
+        pb = sorted((b for b in paper_top1 if b not in ("0", "resnet")), key=lambda b: math.inf if b == "inf" else float(b))
         rel = [paper_top1[b] - paper_top1["inf"] for b in pb]
         ax_rel.plot([bx(b) for b in pb], rel, "s:", color=PAPER_COLOR, ms=3.5, mfc="white",
                     label="paper, ImageNet, same β")
         ax_rel.plot([x_inf if b == "inf" else float(b) * PAPER_BETA_FACTOR for b in pb], rel, "s--",
                     color=PAPER_COLOR, ms=4, label=f"paper at per-image-equivalent β (×{PAPER_BETA_FACTOR:g})")
     ax_rel.axhline(0, color="k", lw=0.5)
-    ax_rel.set_xscale("log")
-    from matplotlib.ticker import FixedFormatter, FixedLocator, NullLocator
-
-    ticks = [t for t in (1, 10, 100, 1000, 10000) if t <= top * 1.5]
-    ax_rel.xaxis.set_major_locator(FixedLocator([*ticks, x_inf]))
-    ax_rel.xaxis.set_major_formatter(FixedFormatter([f"{t:g}" for t in ticks] + ["∞"]))
-    ax_rel.xaxis.set_minor_locator(NullLocator())
-    ax_rel.set_xlabel("β")
+    log_beta_axis(ax_rel)
     ax_rel.set_ylabel("accuracy − accuracy at β=∞ (points)")
     ax_rel.set_title("shape of the trade-off")
     ax_rel.legend(fontsize=6, loc="lower right")
 
-    means = []
-    for b in betas:
-        pts = [(r["bits_per_dim"], 100 * r["test_accuracy"]) for r in gc if r["beta"] == b and r["bits_per_dim"]]
-        if not pts or b == "0":
-            continue
-        ax_bpd.scatter(*zip(*pts), color=BETA_COLORS[b], s=18, label=f"β={b if b != 'inf' else '∞'}", zorder=3,
-                       edgecolor="k", linewidth=0.3)
-        means.append((sum(p[0] for p in pts) / len(pts), sum(p[1] for p in pts) / len(pts)))
-    if means:
-        ax_bpd.plot(*zip(*means), color="k", lw=0.8, zorder=2)
-    for i, r in enumerate(r for r in large if r["beta"] != "0" and r["bits_per_dim"]):
-        ax_bpd.scatter([r["bits_per_dim"]], [100 * r["test_accuracy"]], marker="*", s=60, color=BETA_COLORS[r["beta"]],
-                       edgecolor="k", linewidth=0.4, zorder=4,
-                       label=f"{variant(r['config'])}, β={r['beta'] if r['beta'] != 'inf' else '∞'}")
-    zero = [r for r in gc if r["beta"] == "0" and r["bits_per_dim"]]
+    bpd_means = []
+    for kind, group in groups.items():
+        marker, size = _VARIANT_MARKERS.get(kind, "s"), (60 if kind == "large" else 18)
+        line = []
+        for b in sorted({r["beta"] for r in group}, key=lambda b: math.inf if b == "inf" else float(b)):
+            pts = [(r["bits_per_dim"], 100 * r["test_accuracy"]) for r in group if r["beta"] == b and r["bits_per_dim"]]
+            if not pts or b == "0":
+                continue
+            ax_bpd.scatter(*zip(*pts), color=beta_color(b), marker=marker, s=size, zorder=3, edgecolor="k",
+                           linewidth=0.3, label=f"{kind}, β={b if b != 'inf' else '∞'}")
+            line.append((sum(p[0] for p in pts) / len(pts), sum(p[1] for p in pts) / len(pts)))
+        if line:
+            ax_bpd.plot(*zip(*line), color="k", lw=0.8, ls="-" if kind == "small" else "--", zorder=2)
+            bpd_means += line
+    zero = [(kind, r) for kind, g in groups.items() for r in g if r["beta"] == "0" and r["bits_per_dim"]]
     if zero:
-        text = f"β=0 (off scale): {100 * zero[0]['test_accuracy']:.1f} %, {zero[0]['bits_per_dim']:.2f} bits/dim"
-        ax_bpd.annotate(text, (0.98, 0.02), xycoords="axes fraction", fontsize=7, ha="right")
+        text = "β=0 (off scale): " + "; ".join(f"{kind} {r['bits_per_dim']:.2f} bits/dim" for kind, r in zero)
+        ax_bpd.annotate(text, (0.98, 0.02), xycoords="axes fraction", fontsize=6.5, ha="right")
     ax_bpd.set_xlabel("test bits/dim (lower: better density model)")
     ax_bpd.set_ylabel("test accuracy (%)")
     ax_bpd.set_title("accuracy against bits/dim")
-    ax_bpd.legend(fontsize=6, ncol=2, loc="center right")
-    finite = [m[0] for m in means if math.isfinite(m[0])]
-    if finite and max(finite) > 2.5 * min(finite):
-        from matplotlib.ticker import FixedFormatter, FixedLocator, NullFormatter, NullLocator
+    ax_bpd.legend(fontsize=5, ncol=2, loc="center right")
+    finite_bpd = [m[0] for m in bpd_means if math.isfinite(m[0])]
+    if finite_bpd and max(finite_bpd) > 2.5 * min(finite_bpd):
+        from matplotlib.ticker import NullFormatter
 
         ax_bpd.set_xscale("log")
-        ticks = [t for t in (2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 30) if 0.9 * min(finite) <= t <= 1.1 * max(finite)]
+        ticks = [t for t in (2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 30)
+                 if 0.9 * min(finite_bpd) <= t <= 1.1 * max(finite_bpd)]
         ax_bpd.xaxis.set_major_locator(FixedLocator(ticks))
         ax_bpd.xaxis.set_major_formatter(FixedFormatter([f"{t:g}" for t in ticks]))
         ax_bpd.xaxis.set_minor_locator(NullLocator())

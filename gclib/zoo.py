@@ -11,10 +11,10 @@ The zoo is also a recipe: ``ZOO`` lists every model with the exact ``python -m g
 arguments it was trained with, so ``python -m gclib.zoo train NAME`` retrains it and
 ``python -m gclib.zoo publish NAME --run DIR`` evaluates and ships the result.
 
->>> sorted(e.beta for e in entries("fashion-mnist") if e.model == "gc" and e.seed == 0 and e.config is None)[:3]
+>>> sorted(e.beta for e in entries("fashion-mnist") if e.name.startswith("gc-beta-") and e.seed == 0)[:3]
 ['0', '1', '16']
 >>> entry("fashion-mnist", "gc-beta-8").command("runs/x")[:6]
-['-m', 'gclib.train', '--config', 'fashion-mnist', '--model', 'gc']
+['-m', 'gclib.train', '--config', 'fashion-mnist-small', '--model', 'gc']
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import copy
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -67,7 +68,12 @@ __all__ = [
 ]
 
 BETAS = ("0", "1", "2", "4", "8", "16", "32", "inf")
-LARGE_BETAS: tuple[str, ...] = ("0", "1")  # the large config's models shipped so far
+LARGE_BETAS: tuple[str, ...] = ("0", "1")  # the large config's models trained from scratch
+# The large config's other betas: warm-started from gc-large-beta-1 (its 10 epochs) and trained 2 more
+# epochs at the new beta (fresh one-cycle schedule at half the peak lr), which the manifests record as
+# lineage (info.init_from). The paper's ImageNet betas 1, 8 and 32 correspond to 192, 1536 and 6144 here.
+FINETUNED_BETAS: tuple[str, ...] = ()  # filled in as they are shipped: "4", "8", "32", "192", "1536", "6144", "inf"
+FINETUNE_FROM = "gc-large-beta-1"
 # The paper's ImageNet numbers (Mackowiak et al. 2021, Table 1): top-1 accuracy (%) per beta, and the
 # ResNet-50 baseline. beta=0 is not reported there.
 PAPER_IMAGENET_TOP1 = {"1": 67.30, "2": 71.73, "4": 73.69, "8": 74.59, "16": 75.54, "32": 76.18, "inf": 76.27,
@@ -115,17 +121,21 @@ def _fashion_mnist() -> list[ZooEntry]:
     # 10 epochs of the config's defaults (Adam 1e-2, one-cycle, batch 64, flips + 2-px shifts): about
     # 9 minutes per GC on one CPU core. The ResNet-18 uses a stride-2 stem (4x fewer FLOPs than stride 1)
     # and SGD, the usual recipe for ResNets; it is stored in fp16 to fit the 40 MB budget.
-    out = [ZooEntry("fashion-mnist", f"gc-beta-{b}", "gc", b, 0, 10) for b in BETAS]
-    out += [ZooEntry("fashion-mnist", f"gc-beta-{b}-seed{s}", "gc", b, s, 10) for b in ("1", "8", "inf")
+    small = "fashion-mnist-small"  # called fashion-mnist when these were trained
+    out = [ZooEntry("fashion-mnist", f"gc-beta-{b}", "gc", b, 0, 10, config=small) for b in BETAS]
+    out += [ZooEntry("fashion-mnist", f"gc-beta-{b}-seed{s}", "gc", b, s, 10, config=small) for b in ("1", "8", "inf")
             for s in (1, 2)]
     out.append(ZooEntry("fashion-mnist", "resnet18", "resnet", None, 0, 4,
                         ("--arch", "resnet18", "--stem-stride", "2", "--optimizer", "sgd", "--lr", "0.1",
-                         "--weight-decay", "5e-4", "--batch-size", "128"), dtype="float16"))
+                         "--weight-decay", "5e-4", "--batch-size", "128"), dtype="float16", config=small))
     # The strong candidates (issue 14): fashion-mnist-large without its Gaussian input noise, which cost
     # 0.9 bits/dim in the recipe ablation (table_recipe_ablation). 10 epochs, one process per CPU core:
     # about 100 minutes each on the 2-core machine with a second run beside it.
     out += [ZooEntry("fashion-mnist", f"gc-large-beta-{b}", "gc", b, 0, 10, ("--input-noise", "0"),
                      config="fashion-mnist-large") for b in LARGE_BETAS]
+    out += [ZooEntry("fashion-mnist", f"gc-large-beta-{b}", "gc", b, 0, 2,
+                     ("--input-noise", "0", "--lr", "1e-3", "--init-from", f"checkpoints/fashion-mnist/{FINETUNE_FROM}"),
+                     config="fashion-mnist-large") for b in FINETUNED_BETAS]
     return out
 
 
@@ -150,7 +160,7 @@ def train_command(dataset: str = "fashion-mnist", beta="8", model: str = "gc", s
     (``epochs`` overrides its epochs), else the config's defaults.
 
     >>> train_command("fashion-mnist", "inf", out="runs/x")[:8]
-    ['--config', 'fashion-mnist', '--model', 'gc', '--beta', 'inf', '--seed', '0']
+    ['--config', 'fashion-mnist-small', '--model', 'gc', '--beta', 'inf', '--seed', '0']
     """
     from dataclasses import replace
 
@@ -454,7 +464,7 @@ def model_rows(dataset: str = "fashion-mnist", root: str | os.PathLike | None = 
         rows.append({
             "name": name,
             "model": "GC" if manifest["kind"] == "generative" else manifest.get("feedforward", {}).get("arch", "DC"),
-            "config": manifest["config"]["model"]["name"],
+            "config": checkpoints._config_name(manifest),
             "beta": info.get("beta"),
             "seed": info.get("seed"),
             "epochs": info.get("epochs"),
@@ -470,8 +480,20 @@ def model_rows(dataset: str = "fashion-mnist", root: str | os.PathLike | None = 
             "threads": info.get("threads"),
             "dtype": manifest.get("dtype"),
             "history": info.get("history", []),
+            "init_from": (info.get("init_from") or {}).get("zoo_name") or (info.get("init_from") or {}).get("path"),
+            **_lineage_totals(info),
         })
     return rows
+
+
+def _lineage_totals(info: dict) -> dict:
+    """Epochs and training minutes of a model including every warm start it descends from."""
+    epochs, seconds, node = 0, 0.0, info
+    while node:
+        epochs += node.get("epochs") or 0
+        seconds += node.get("wall_time_s") or 0.0
+        node = node.get("init_from")
+    return {"total_epochs": epochs, "total_train_minutes": round(seconds / 60, 1) if seconds else None}
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -487,24 +509,32 @@ def _beta_key(beta) -> float:
 def table_rows(rows: list[dict]) -> list[dict]:
     """The ``table_models`` rows: one per released model (seed 0), seeds summarised as mean ± std.
 
-    Models of a named variant config (``fashion-mnist-large``) are rows of their own, labelled by it.
+    Models of a named variant config (``fashion-mnist-small``, ``fashion-mnist-large``) are rows of their
+    own, labelled by it; a DC's config only fixes its input shape and is not shown.
     """
     out = []
 
     def config_of(r):
         return r.get("config") or ""
 
-    released = sorted((r for r in rows if r["seed"] == 0),
-                      key=lambda r: (r["model"] != "GC", len(config_of(r)), config_of(r), _beta_key(r["beta"])))
+    def order(r):  # GCs first: the small zoo, the default config, the other variants; then the DCs
+        kind = variant(config_of(r))
+        return r["model"] != "GC", {"small": 0, "": 1}.get(kind, 2), kind, _beta_key(r["beta"]), r.get("name", "")
+
+    released = sorted((r for r in rows if r["seed"] == 0), key=order)
+
+    def recipe(r):  # models that differ only in their seed share a row
+        return r["model"], r["beta"], config_of(r), re.sub(r"-seed\d+$", "", r.get("name", ""))
+
     for r in released:
-        same = [s for s in rows if s["model"] == r["model"] and s["beta"] == r["beta"]
-                and config_of(s) == config_of(r)]
+        same = [s for s in rows if recipe(s) == recipe(r)]
+        other = r.get("name", "")[len(r["model"]) + 1:] if r.get("name", "").startswith(r["model"] + "-") else ""
         acc = [100 * s["test_accuracy"] for s in same]
         bpd = [s["bits_per_dim"] for s in same if s["bits_per_dim"] is not None]
         acc_mean, acc_std = _mean_std(acc)
         row = {
-            "model": ("GC (IB-INN)" if r["model"] == "GC" else f"DC ({r['model']})")
-            + (f", {variant(config_of(r))}" if variant(config_of(r)) else ""),
+            "model": ("GC (IB-INN)" if r["model"] == "GC" else f"DC ({r['model']}{', ' + other if other else ''})")
+            + (f", {variant(config_of(r))}" if variant(config_of(r)) and r["model"] == "GC" else ""),
             "beta": r["beta"] if r["model"] == "GC" else "",
             "test_accuracy_pct": round(100 * r["test_accuracy"], 2),
             "bits_per_dim": round(r["bits_per_dim"], 3) if r["bits_per_dim"] is not None else "",
@@ -518,10 +548,11 @@ def table_rows(rows: list[dict]) -> list[dict]:
             "reconstruction_images_over_1e-4": r["reconstruction_over_tolerance"]
             if r["reconstruction_over_tolerance"] is not None else "",
             "parameters": r["parameters"],
-            "train_minutes": r["train_minutes"],
+            "train_minutes": r.get("total_train_minutes") or r["train_minutes"],
             "train_device": f"{r['device']} ({r['threads']} thread{'s' if r['threads'] != 1 else ''})"
             if r["device"] == "cpu" else r["device"],
-            "epochs": r["epochs"],
+            "epochs": r.get("total_epochs") or r["epochs"],
+            "warm_start": f"{r['init_from']} + {r['epochs']} epochs" if r.get("init_from") else "",
             "config": config_of(r),
             "paper_imagenet_top1_pct": PAPER_IMAGENET_TOP1.get(r["beta"] if r["model"] == "GC" else "resnet", ""),
             "paper_equivalent_beta": _paper_beta(r["beta"]) if r["model"] == "GC" else "",
@@ -535,8 +566,8 @@ def table_rows(rows: list[dict]) -> list[dict]:
 def variant(config_name: str) -> str:
     """The variant a config names beside its dataset's default: ``fashion-mnist-large`` -> ``large``.
 
-    >>> variant("fashion-mnist-large"), variant("fashion-mnist")
-    ('large', '')
+    >>> variant("fashion-mnist-large"), variant("fashion-mnist-small"), variant("fashion-mnist")
+    ('large', 'small', '')
     """
     from .configs import dataset_of
 
@@ -563,7 +594,9 @@ TABLE_HEADERS = {
     "bits_per_dim_mean": "bits/dim mean", "bits_per_dim_std": "bits/dim std",
     "reconstruction_error_float32": "max. reconstruction error, float32",
     "reconstruction_images_over_1e-4": "test images with error > 1e-4, float32", "parameters": "parameters",
-    "train_minutes": "training steps (min)", "train_device": "trained on", "epochs": "epochs",
+    "train_minutes": "training steps (min, with the warm start's)", "train_device": "trained on",
+    "epochs": "epochs (with the warm start's)",
+    "warm_start": "warm start (then epochs at this β)",
     "config": "config",
     "paper_imagenet_top1_pct": "paper, ImageNet top-1 at the same β (%)",
     "paper_equivalent_beta": "paper's β with the same per-image weight (β / 192)",

@@ -36,7 +36,7 @@ from myst_nb import glue
 from gclib import architectures, bench, plotting
 
 # %% tags=["parameters"]
-configs = "fashion-mnist,cifar10,imagenet"  # comma-separated config names
+configs = "fashion-mnist-small,fashion-mnist,cifar10,imagenet"  # comma-separated config names
 flops = True  # count the forward FLOPs (a pass on 1 and on 2 images per model)
 throughput = "figures/table_throughput.json"  # benchmark records for the measured columns (make bench)
 figures = "figures"  # output folder for figures and tables

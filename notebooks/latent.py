@@ -64,21 +64,31 @@ ood = {name: gclib.data.ood(name, n_ood, shape, seed) for name in gclib.data.ood
 feedforward = gclib.pretrained(dataset, dc, device=device)
 
 
-def name_of(beta):
-    return f"GC β={'∞' if beta == 'inf' else beta}"
+# A model is named by its beta (the small zoo: "8" is gc-beta-8) or by its zoo name ("gc-large-beta-8").
+def split(spec):  # -> (variant, beta): ("", "8") or ("large", "8")
+    if "-" not in spec:
+        return "", spec
+    stem, _, beta = spec.rpartition("beta-")
+    return stem.removeprefix("gc-").rstrip("-"), beta
 
 
-def key(beta):
-    return f"beta_{beta}"
+def name_of(spec):
+    kind, beta = split(spec)
+    return f"GC{'-' + kind if kind else ''} β={'∞' if beta == 'inf' else beta}"
 
 
-# every GC the figures need, in the order of beta
-beta_list = sorted(set(beta_list + proto_list + [example_beta]), key=lambda b: float(b))
-models = {b: gclib.pretrained(dataset, beta=b, device=device) for b in beta_list}
+def key(spec):
+    kind, beta = split(spec)
+    return f"{kind + '_' if kind else ''}beta_{beta}"
+
+
+# every GC the figures need: the small zoo first, then each variant, in the order of beta
+beta_list = sorted(set(beta_list + proto_list + [example_beta]), key=lambda b: (split(b)[0], float(split(b)[1])))
+models = {b: gclib.pretrained(dataset, b, device=device) for b in beta_list}
 spaces = {b: latent.class_subspace(m) for b, m in models.items()}
 z_test = {b: latent.latents(m, x_test) for b, m in models.items()}
 print(f"{len(x_test)} test images, {len(ood)} OoD sets of {n_ood}; class-carrying dims per model: "
-      + ", ".join(f"β={b}: {s.n_dims}" for b, s in spaces.items()))
+      + ", ".join(f"{name_of(b)}: {s.n_dims}" for b, s in spaces.items()))
 glue("n_test", len(x_test), display=False)
 glue("n_ood", n_ood, display=False)
 glue("n_class_dims", spaces[example_beta].n_dims, display=False)
@@ -116,8 +126,9 @@ display(Markdown((Path(figures) / "table_latent.md").read_text()))
 glue("fc_dims", models[example_beta].head.n_fc_dims, display=False)
 glue("temperatures", ", ".join(f"{t:g}" for t in temps), display=False)
 
-shown = {f"β={b}": {**protos[b]} for b in proto_list if b in protos}
-fig = latent.plot_prototypes(shown, class_names)
+shown = {name_of(b).removeprefix("GC "): {**protos[b]} for b in beta_list if b in proto_list}
+variants = sorted({split(b)[0] for b in proto_list})
+fig = latent.plot_prototypes(shown, class_names, n_rows=len(variants))
 plotting.savefig(fig, "fig_prototypes", figures)
 
 # %% [markdown]
@@ -198,7 +209,7 @@ for bb in beta_list:
         glue(f"view_{key(bb)}_dist_{name.replace('-', '_')}", f"{v:.1f}", display=False)
     glue(f"view_{key(bb)}_dist_ood_min", f"{min(v for n, v in med.items() if n != 'test'):.1f}", display=False)
     glue(f"view_{key(bb)}_dist_ood_max", f"{max(v for n, v in med.items() if n != 'test'):.1f}", display=False)
-    print(f"β={bb}: median distance from the nearest class mean (class dims): "
+    print(f"{name_of(bb)}: median distance from the nearest class mean (class dims): "
           + ", ".join(f"{n} {v:.1f}" for n, v in med.items()))
 fig = latent.plot_latent_space(views, y_test, class_names, {name_of(bb): fits[bb] for bb in beta_list})
 plotting.savefig(fig, "fig_latent_space", figures)

@@ -40,8 +40,14 @@ csv_path, md_path = zoo.write_table(table, figures)
 display(Markdown(md_path.read_text()))
 # For the book: the table, and the numbers its prose cites (myst-nb glue, never retyped).
 glue("table_models", pd.DataFrame(table).rename(columns=zoo.TABLE_HEADERS).fillna(""), display=False)
+def kind_of(config):
+    """The glue-key and label prefix of a config: "" for the small zoo (the book's keys predate the others),
+    "large" for fashion-mnist-large, "default" for the strong default config."""
+    return {"small": "", "": "default"}.get(zoo.variant(config), zoo.variant(config))
+
+
 for r in table:
-    kind = zoo.variant(r["config"])  # "" for the dataset's default config, "large" for fashion-mnist-large
+    kind = kind_of(r["config"])
     key = (f"{kind}_" if kind else "") + (f"beta_{r['beta']}" if r["beta"] != "" else "resnet")
     glue(f"acc_{key}", r["test_accuracy_pct"], display=False)
     if r["bits_per_dim"] != "":
@@ -50,7 +56,7 @@ for r in table:
         glue(f"acc_mean_{key}", r["accuracy_mean_pct"], display=False)
         glue(f"acc_std_{key}", r["accuracy_std_pct"], display=False)
 glue("n_models", len(rows), display=False)
-by_beta = {r["beta"]: r for r in table if r["beta"] != "" and not zoo.variant(r["config"])}
+by_beta = {r["beta"]: r for r in table if r["beta"] != "" and not kind_of(r["config"])}
 if "1" in by_beta and "inf" in by_beta:
     glue("gap_inf_1", round(by_beta["inf"]["test_accuracy_pct"] - by_beta["1"]["test_accuracy_pct"], 2), display=False)
     paper = zoo.PAPER_IMAGENET_TOP1
@@ -74,17 +80,18 @@ from gclib import samples
 torch.manual_seed(0)
 dc = zoo.pretrained(dataset, model="resnet", root=checkpoints, device="cpu").eval()
 quality = []
-for r in sorted(rows, key=lambda r: (len(r["config"]), r["config"])):
+for r in sorted(rows, key=lambda r: (kind_of(r["config"]) != "", r["config"])):
     if r["model"] != "GC" or r["seed"] != 0:
         continue
     gc = zoo.get_model(r["name"], dataset, root=checkpoints, device="cpu").eval()
     for q in samples.class_sample_quality(gc, dc, temperatures=(0.5, 0.7, 1.0), n_per_class=n_per_class):
         quality.append({"config": r["config"], "beta": r["beta"], **q})
 quality_table = pd.DataFrame(quality)
-quality_table["beta"] = pd.Categorical(quality_table["beta"], [b for b in zoo.BETAS if b in set(quality_table["beta"])])
+quality_table["beta"] = pd.Categorical(quality_table["beta"], sorted(set(quality_table["beta"]),
+                                                                     key=lambda b: float(b)))  # "inf" -> inf
 quality_table = quality_table.sort_values(["config", "beta"], kind="stable",
-                                          key=lambda c: c.str.len() if c.name == "config" else c)
-quality_table["model"] = [f"{zoo.variant(c) + ', ' if zoo.variant(c) else ''}β = {b}"
+                                          key=lambda c: c.map(lambda v: kind_of(v) != "") if c.name == "config" else c)
+quality_table["model"] = [f"{kind_of(c) + ', ' if kind_of(c) else ''}β = {b}"
                           for c, b in zip(quality_table["config"], quality_table["beta"])]
 wide = quality_table.assign(
     cell=[f"{100 * a:.1f} ± {100 * s:.1f} ({100 * o:.0f} %)" for a, s, o in
@@ -98,10 +105,12 @@ with open(f"{figures}/table_sample_quality.md", "w") as f:
     f.write(md)
 display(Markdown("DC accuracy on the samples (%, ± SE; in brackets: pixels outside [0, 1])\n\n" + md))
 glue("table_sample_quality", wide, display=False)
-by = {(q["beta"], q["what"]): q for q in quality if not zoo.variant(q["config"])}
+by = {(q["beta"], q["what"]): q for q in quality if not kind_of(q["config"])}
 for q in quality:
-    if zoo.variant(q["config"]) and q["what"] == "T=0.7":
-        glue(f"sample_acc_{zoo.variant(q['config'])}_beta_{q['beta']}_t07", round(100 * q["accuracy"], 1),
+    if kind_of(q["config"]) and q["what"] == "T=0.7":
+        glue(f"sample_acc_{kind_of(q['config'])}_beta_{q['beta']}_t07", round(100 * q["accuracy"], 1),
+             display=False)
+        glue(f"sample_outside_{kind_of(q['config'])}_beta_{q['beta']}_t07", round(100 * q["outside"], 1),
              display=False)
 if ("1", "T=0.7") in by:
     glue("sample_acc_beta_1_t07", round(100 * by[("1", "T=0.7")]["accuracy"], 1), display=False)
@@ -123,13 +132,13 @@ glue("fig_beta_tradeoff", fig, display=False)
 # 75 %: β = 0 trains the density alone and its classes stay near chance.
 
 # %%
-gc_rows = {r["beta"]: r for r in rows if r["model"] == "GC" and r["seed"] == 0 and not zoo.variant(r["config"])}
+gc_rows = {r["beta"]: r for r in rows if r["model"] == "GC" and r["seed"] == 0 and not kind_of(r["config"])}
 released = {f"β={b}": gc_rows[b]["history"] for b in zoo.BETAS if b in gc_rows}
 colors = {f"β={b}": c for b, c in plotting.BETA_COLORS.items()}
-for r in rows:  # the other configs' models beside them
-    if r["model"] == "GC" and r["seed"] == 0 and zoo.variant(r["config"]):
-        label = f"{zoo.variant(r['config'])} β={r['beta']}"
-        released[label], colors[label] = r["history"], plotting.BETA_COLORS.get(r["beta"], "#7f7f7f")
+for r in rows:  # the other configs' models trained from scratch beside them (warm starts continue a curve)
+    if r["model"] == "GC" and r["seed"] == 0 and kind_of(r["config"]) and not r.get("init_from"):
+        label = f"{kind_of(r['config'])} β={r['beta']}"
+        released[label], colors[label] = r["history"], plotting.beta_color(r["beta"])
 fig = plotting.plot_training_curves(released, colors, accuracy_floor=75,
                                     dashed={k for k in released if not k.startswith("β")})
 plotting.savefig(fig, "fig_training_curves", figures)

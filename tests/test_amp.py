@@ -28,7 +28,7 @@ def _bits_per_dim_error(model, x):
 
 
 def test_gaussian_head_is_float32_under_autocast():
-    model = randomize(gclib.GenerativeClassifier("fashion-mnist"), scale=0.05)
+    model = randomize(gclib.GenerativeClassifier("fashion-mnist-small"), scale=0.05)
     z = 3 * torch.randn(16, model.n_dims)
     reference = model.head.log_density(z)
     with torch.autocast(**BF16):
@@ -61,7 +61,7 @@ def test_bf16_log_px_of_a_shipped_model_is_close_to_float32():
 
 
 def test_amp_training_keeps_float32_weights(fashion, tmp_path):
-    model = gclib.GenerativeClassifier.from_config("fashion-mnist", seed=0)
+    model = gclib.GenerativeClassifier.from_config("fashion-mnist-small", seed=0)
     fit_kw = dict(beta=8, epochs=1, batch_size=16, max_steps=3, progress=False, device="cpu")
     train.fit(model, fashion[0].subset(64), None, amp=True, out=tmp_path / "amp", **fit_kw)
     assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in model.parameters())
@@ -70,12 +70,12 @@ def test_amp_training_keeps_float32_weights(fashion, tmp_path):
 
 def test_channels_last_gives_the_same_numbers(fashion, tmp_path):
     x, _ = fashion[2][:32]
-    model = randomize(gclib.GenerativeClassifier("fashion-mnist"), scale=0.05).eval()
+    model = randomize(gclib.GenerativeClassifier("fashion-mnist-small"), scale=0.05).eval()
     reference = model.class_log_likelihoods(x).detach()
     model = model.to(memory_format=torch.channels_last)
     torch.testing.assert_close(model.class_log_likelihoods(x).detach(), reference, rtol=1e-5, atol=1e-3)
     # training in NHWC writes an ordinary checkpoint that loads into a fresh (NCHW) model
-    model = gclib.GenerativeClassifier.from_config("fashion-mnist", seed=0)
+    model = gclib.GenerativeClassifier.from_config("fashion-mnist-small", seed=0)
     train.fit(model, fashion[0].subset(64), None, beta=8, epochs=1, batch_size=16, max_steps=2, progress=False,
               device="cpu", channels_last=True, out=tmp_path / "cl")
     loaded = gclib.load(tmp_path / "cl" / "final")
@@ -151,7 +151,7 @@ def test_training_step_reads_from_the_device_only_at_logging_intervals(fashion, 
             return _real(self, *args, **kwargs)
 
         monkeypatch.setattr(torch.Tensor, name, counting)
-    model = gclib.GenerativeClassifier.from_config("fashion-mnist", seed=0)
+    model = gclib.GenerativeClassifier.from_config("fashion-mnist-small", seed=0)
     train.fit(model, fashion[0].subset(24 * 8), None, beta=8, epochs=1, batch_size=8, log_every=8, progress=False,
               device="cpu")
     # 24 steps: 3 checks of the non-finite counter (2 reads each), the optimizer's first step, the epoch's

@@ -96,9 +96,9 @@ def test_notebook_writes_the_table(tmp_path):
     nbformat.write(nb, source)
     papermill.execute_notebook(str(source), str(tmp_path / "architectures.out.ipynb"), kernel_name="python3",
                                cwd=str(ROOT), progress_bar=False,
-                               parameters={"figures": str(tmp_path / "fig"), "configs": "fashion-mnist,cifar10"})
+                               parameters={"figures": str(tmp_path / "fig"), "configs": "fashion-mnist-small,cifar10"})
     with open(tmp_path / "fig" / "table_architectures.csv") as f:
         table = list(csv.DictReader(f))
-    assert [r["config"] for r in table] == ["fashion-mnist", "cifar10"]
+    assert [r["config"] for r in table] == ["fashion-mnist-small", "cifar10"]
     md = (tmp_path / "fig" / "table_architectures.md").read_text()
     assert "GC parameters" in md and "147,936" in md

@@ -14,7 +14,7 @@ TINY = dict(batch_size=4, eval_batch_size=8, steps=1, repeats=2, warmup=1)
 
 @pytest.fixture(scope="module")
 def record():
-    return bench.benchmark("fashion-mnist", device="cpu", **TINY)
+    return bench.benchmark("fashion-mnist-small", device="cpu", **TINY)
 
 
 def test_record_has_both_models_and_their_ratios(record):
@@ -94,7 +94,7 @@ def test_throughput_figure_draws_each_record_and_its_ratio(record):
 
 def test_suite_measures_fashion_mnist_and_a_small_imagenet_batch_on_cpu():
     runs = bench.suite(torch.device("cpu"))
-    assert runs[0] == {"config": "fashion-mnist"} and runs[-1]["config"] == "imagenet"
+    assert runs[0] == {"config": "fashion-mnist-small"} and runs[-1]["config"] == "imagenet"
     assert runs[-1]["batch_size"] <= 4
     gpu = bench.suite(torch.device("cuda"))
     assert {r["batch_size"] for r in gpu if r["config"] == "imagenet"} == {32, 64, 128}
@@ -112,12 +112,12 @@ def test_table_architectures_takes_its_measured_columns_from_the_records(record)
     empty = architectures.measured_columns("cifar10", [record])
     assert set(empty) == set(architectures.MEASURED_HEADERS) and set(empty.values()) == {""}
     gpu = dict(record, device="NVIDIA H100", device_type="cuda", batch_size=2)
-    columns = architectures.measured_columns("fashion-mnist", [record, gpu])
+    columns = architectures.measured_columns("fashion-mnist-small", [record, gpu])
     assert columns["measured_on"].startswith("NVIDIA H100, batch 2")  # a GPU's record first
     assert columns["gc_train_images_per_s"] == bench.table_rows([gpu])[0]["gc_train_images_per_s"]
-    (row,) = architectures.architecture_rows("fashion-mnist", flops=False, records=[record])
+    (row,) = architectures.architecture_rows("fashion-mnist-small", flops=False, records=[record])
     assert row["measured_on"].startswith("CPU") and list(row)[-5:] == list(architectures.MEASURED_HEADERS)
     # the table's DC has a stride-1 stem, the benchmark's the model zoo's stride 2: the cell says so
     assert row["dc_arch"] != record["dc"]["arch"] and row["measured_on"].endswith(f"; DC {record['dc']['arch']}")
     two_threads = dict(record, device="CPU, 2 threads", threads=record["threads"] + 1)
-    assert architectures.measured_columns("fashion-mnist", [record, two_threads])["measured_on"].startswith("CPU, 2")
+    assert architectures.measured_columns("fashion-mnist-small", [record, two_threads])["measured_on"].startswith("CPU, 2")

@@ -13,7 +13,7 @@ from .conftest import randomize, tiny_config
 
 @pytest.fixture
 def saved(tmp_path):
-    model = randomize(gclib.GenerativeClassifier.from_config("fashion-mnist", seed=0), scale=0.01)
+    model = randomize(gclib.GenerativeClassifier.from_config("fashion-mnist-small", seed=0), scale=0.01)
     checkpoints.save(model, tmp_path / "m", beta="8", seed=0)
     return model, tmp_path / "m"
 
@@ -26,7 +26,7 @@ def test_round_trip_gives_identical_outputs(saved):
         torch.testing.assert_close(loaded.class_log_likelihoods(x), model.class_log_likelihoods(x), rtol=0, atol=0)
     manifest = json.loads((path.parent / "m.json").read_text())
     assert manifest["format"] == "gclib-checkpoint" and manifest["kind"] == "generative"
-    assert manifest["config"]["model"]["name"] == "fashion-mnist" and manifest["info"]["beta"] == "8"
+    assert manifest["config"]["model"]["name"] == "fashion-mnist-small" and manifest["info"]["beta"] == "8"
     assert len(manifest["sha256"]) == 64 and manifest["environment"]["torch"] == torch.__version__
 
 

@@ -11,7 +11,7 @@ from gclib.train import parse_beta
 
 @pytest.fixture(scope="module")
 def model():
-    return gclib.GenerativeClassifier.from_config("fashion-mnist", seed=0)
+    return gclib.GenerativeClassifier.from_config("fashion-mnist-small", seed=0)
 
 
 @pytest.mark.parametrize("x, match", [
@@ -49,7 +49,7 @@ def test_bad_latents(model):
 
 
 def test_unknown_config_lists_the_known_ones():
-    with pytest.raises(gclib.ConfigError, match="cifar10, fashion-mnist, fashion-mnist-large, imagenet"):
+    with pytest.raises(gclib.ConfigError, match="cifar10, fashion-mnist, fashion-mnist-large, fashion-mnist-small, imagenet"):
         gclib.GenerativeClassifier.from_config("mnist")
 
 
@@ -64,12 +64,12 @@ def test_good_beta():
 
 
 def test_fit_rejects_bad_beta_before_training(fashion):
-    model = gclib.GenerativeClassifier.from_config("fashion-mnist", seed=0)
+    model = gclib.GenerativeClassifier.from_config("fashion-mnist-small", seed=0)
     with pytest.raises(gclib.ConfigError):
         gclib.train.fit(model, fashion[0].subset(64), beta=-2, epochs=1, progress=False)
 
 
 def test_batch_larger_than_the_data(fashion):
-    model = gclib.GenerativeClassifier.from_config("fashion-mnist", seed=0)
+    model = gclib.GenerativeClassifier.from_config("fashion-mnist-small", seed=0)
     with pytest.raises(gclib.ConfigError, match="smaller than one batch"):
         gclib.train.fit(model, fashion[0].subset(10), beta=1, epochs=1, batch_size=64, progress=False)

@@ -12,7 +12,7 @@ from gclib.errors import DataError, InputError
 
 @pytest.fixture(scope="module")
 def gc():
-    return gclib.GenerativeClassifier.from_config("fashion-mnist", seed=0).eval()
+    return gclib.GenerativeClassifier.from_config("fashion-mnist-small", seed=0).eval()
 
 
 def test_gc_outputs_agree_with_the_model(gc):

@@ -17,7 +17,7 @@ from .conftest import randomize
 def seeded():
     """A small seeded GC whose blocks and low-rank means are moved off their (identity, zero) init."""
     torch.manual_seed(0)
-    return randomize(gclib.GenerativeClassifier.from_config("fashion-mnist", seed=0), scale=0.05).eval()
+    return randomize(gclib.GenerativeClassifier.from_config("fashion-mnist-small", seed=0), scale=0.05).eval()
 
 
 @pytest.fixture(scope="module")

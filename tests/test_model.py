@@ -66,7 +66,7 @@ def test_class_likelihoods_integrate_to_one_on_a_2d_toy_flow():
 
 
 def test_public_api_shapes_and_units(fashion):
-    model = gclib.GenerativeClassifier.from_config("fashion-mnist", seed=0)
+    model = gclib.GenerativeClassifier.from_config("fashion-mnist-small", seed=0)
     x, _ = fashion[2][:4]
     assert model.class_log_likelihoods(x).shape == (4, 10)
     assert model(x).shape == (4, 10)
@@ -82,7 +82,7 @@ def test_public_api_shapes_and_units(fashion):
 
 
 def test_sampling_gives_images_of_the_requested_classes():
-    model = gclib.GenerativeClassifier.from_config("fashion-mnist", seed=0)
+    model = gclib.GenerativeClassifier.from_config("fashion-mnist-small", seed=0)
     g = torch.Generator().manual_seed(0)
     samples = model.sample([0, 3, 9], temperature=0.8, generator=g)
     assert samples.shape == (3, 1, 28, 28)
@@ -94,8 +94,8 @@ def test_sampling_gives_images_of_the_requested_classes():
 
 
 def test_seeded_construction_is_reproducible():
-    a = gclib.GenerativeClassifier.from_config("fashion-mnist", seed=3).state_dict()
-    b = gclib.GenerativeClassifier.from_config("fashion-mnist", seed=3).state_dict()
+    a = gclib.GenerativeClassifier.from_config("fashion-mnist-small", seed=3).state_dict()
+    b = gclib.GenerativeClassifier.from_config("fashion-mnist-small", seed=3).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 

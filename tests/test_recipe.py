@@ -1,5 +1,6 @@
 """The IB-INN recipe switches (issue 14): each changes what it should, and the new blocks stay exact flows."""
 
+import dataclasses
 import math
 
 import pytest
@@ -122,7 +123,7 @@ def test_class_means_get_their_own_learning_rate_and_weight_decay():
 
 def test_training_uses_label_smoothing_noise_and_head_groups(fashion, tmp_path):
     train, val, _ = fashion
-    model = gclib.GenerativeClassifier(get_config("fashion-mnist").model)
+    model = gclib.GenerativeClassifier(get_config("fashion-mnist-small").model)
     log = gclib.train.fit(model, train.subset(256), val.subset(64), beta=1, epochs=1, batch_size=64,
                           label_smoothing=0.02, input_noise=0.01, head_lr_scale=10, head_weight_decay=0.0,
                           out=tmp_path / "run", progress=False, seed=0)
@@ -155,10 +156,23 @@ def test_override_model_parses_by_field_type():
 
 def test_defaults_reproduce_the_shipped_small_model():
     # The new fields default to the small model's behaviour: shipped checkpoints load and give their numbers.
-    cfg = get_config("fashion-mnist").model
+    cfg = get_config("fashion-mnist-small").model
     assert (cfg.permutation, cfg.fc_blocks, cfg.subnet_batchnorm, cfg.stage_dropout, cfg.act_norm) == (
         "hard", 0, False, (), 1.0)
     assert isinstance(get_config("fashion-mnist-large").model, ModelConfig)
+
+
+def test_the_default_config_is_the_strong_recipe_and_old_checkpoints_keep_the_small_one():
+    default, large = get_config("fashion-mnist"), get_config("fashion-mnist-large")
+    assert dataclasses.replace(default.model, name=large.model.name) == large.model
+    assert default.train.input_noise == 0.0 and default.train.label_smoothing == 0.02
+    # a manifest written before the rename names the small architecture "fashion-mnist"
+    old = gclib.Config(dataclasses.replace(get_config("fashion-mnist-small").model, name="fashion-mnist"))
+    assert gclib.Config.from_dict(old.to_dict()).name == "fashion-mnist-small"
+    # ... but a model of today's default keeps its name, and so does an unknown architecture
+    assert gclib.Config.from_dict(default.to_dict()).name == "fashion-mnist"
+    odd = gclib.Config(dataclasses.replace(old.model, low_rank=8))
+    assert gclib.Config.from_dict(odd.to_dict()).name == "fashion-mnist"
 
 
 def test_sample_quality_on_a_known_case():

@@ -53,7 +53,7 @@ def test_learning_rate_schedule_is_a_pure_function():
 
 def test_short_training_run_learns_fashion_mnist(fashion, tmp_path):
     train, val, test = fashion
-    model = gclib.GenerativeClassifier.from_config("fashion-mnist", seed=0)
+    model = gclib.GenerativeClassifier.from_config("fashion-mnist-small", seed=0)
     history = fit(model, train.subset(3000), val.subset(500), beta=8, epochs=2, batch_size=64, lr=2e-3,
                   out=tmp_path / "run", progress=False)
     assert len(history) == 2 and history[-1]["val_accuracy"] > history[0]["val_accuracy"] - 0.05
@@ -66,7 +66,7 @@ def test_short_training_run_learns_fashion_mnist(fashion, tmp_path):
 
 
 def _small_run(train, out, **kw):
-    model = gclib.GenerativeClassifier.from_config("fashion-mnist", seed=1)
+    model = gclib.GenerativeClassifier.from_config("fashion-mnist-small", seed=1)
     fit(model, train, None, beta=4, epochs=2, batch_size=32, lr=1e-3, seed=1, out=out, progress=False, **kw)
     return model.state_dict()
 
@@ -145,7 +145,7 @@ def test_a_transient_non_finite_loss_is_skipped(fashion, tmp_path, monkeypatch):
 
 def test_a_persistent_non_finite_loss_stops_and_keeps_the_last_checkpoint(fashion, tmp_path, monkeypatch):
     train = fashion[0].subset(128)
-    model = gclib.GenerativeClassifier.from_config("fashion-mnist", seed=1)
+    model = gclib.GenerativeClassifier.from_config("fashion-mnist-small", seed=1)
     fit(model, train, None, beta=4, epochs=1, batch_size=32, out=tmp_path / "run", progress=False)
     good = (tmp_path / "run" / "last.json").read_text()
     real = gclib.train.ib_loss
@@ -160,7 +160,7 @@ def test_a_persistent_non_finite_loss_stops_and_keeps_the_last_checkpoint(fashio
 
 def test_feed_forward_baseline_trains(fashion, tmp_path):
     train, _, test = fashion
-    model = gclib.FeedForwardClassifier.from_config("fashion-mnist", seed=0, stem_stride=2)
+    model = gclib.FeedForwardClassifier.from_config("fashion-mnist-small", seed=0, stem_stride=2)
     fit(model, train.subset(1024), None, epochs=2, batch_size=64, lr=2e-3, out=tmp_path / "dc", progress=False)
     assert gclib.train.evaluate(model, test.subset(500))["accuracy"] > 0.5
     loaded = gclib.load(tmp_path / "dc" / "final")
@@ -187,7 +187,7 @@ def test_torchrun_two_cpu_processes_then_resume_on_one(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     # --standalone: a free port (a fixed one collides with another suite running beside this one)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
-           "-m", "gclib.train", "--config", "fashion-mnist", "--train-subset", "256", "--epochs", "1",
+           "-m", "gclib.train", "--config", "fashion-mnist-small", "--train-subset", "256", "--epochs", "1",
            "--batch-size", "32", "--device", "cpu", "--out", str(tmp_path / "ddp"), "--no-progress", "--beta", "8"]
     # the limit guards against a hang: about 20 s on idle cores, many times that beside a CPU-heavy job
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=1200)
@@ -200,7 +200,7 @@ def test_torchrun_two_cpu_processes_then_resume_on_one(tmp_path):
     state = gclib.checkpoints.read_training_state(tmp_path / "ddp")
     assert state["processes"] == 2 and state["step"] == 4
     # the state written by 2 processes resumes in 1
-    model = gclib.GenerativeClassifier.from_config("fashion-mnist", seed=0)
+    model = gclib.GenerativeClassifier.from_config("fashion-mnist-small", seed=0)
     history = fit(model, gclib.data.load()[0].subset(256, seed=0), None, beta=8, epochs=2, batch_size=32,
                   out=tmp_path / "ddp", resume=True, progress=False, device="cpu")
     assert [row["epoch"] for row in history] == [1, 2]
