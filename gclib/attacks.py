@@ -42,8 +42,8 @@ from .errors import InputError, check_batch
 from .model import check_images, nats_to_bits_per_dim
 
 __all__ = ["AttackResult", "Curve", "Objective", "NORMS", "ATTACKS", "cross_entropy_objective", "typical_objective",
-           "input_gradient", "fgsm", "pgd", "success_curve", "success_rate", "binomial_se", "perturbation_norm",
-           "detection_row", "curve_rows", "plot_success_curves", "plot_detection"]
+           "input_gradient", "fgsm", "pgd", "adaptive_attack", "success_curve", "success_rate", "binomial_se",
+           "perturbation_norm", "detection_row", "curve_rows", "plot_success_curves", "plot_detection"]
 
 NORMS = ("inf", "2")
 ATTACKS = {"FGSM": ("fgsm", "inf"), "PGD-Linf": ("pgd", "inf"), "PGD-L2": ("pgd", "2")}
@@ -271,6 +271,56 @@ def _pgd_batch(x, y, x_adv, eps, norm, steps, step_size, early_stop, objective):
         x_adv[active] = _project(xa + step_size * step, x[active], eps, norm)
         steps_run[active.cpu()] += 1
     return x_adv.detach(), done, losses, steps_run
+
+
+def adaptive_attack(gc, x: Tensor, y: Tensor, epsilons, objective: Objective, norm: str = "inf", steps: int = 10,
+                    seed: int = 0) -> list[Tensor]:
+    """The adaptive attacker of the detection study, at growing budgets, keeping what already works.
+
+    The budgets are attacked from the smallest up. Each image is ranked by what its current adversarial does:
+    2 if ``objective`` says done (for :func:`typical_objective`: fooled *and* inside the typical band), 1 if
+    it only fools ``gc``, else 0. At each budget an image of rank 2 at a smaller budget is kept (it lies
+    inside this ball too); the others are attacked anew by :func:`pgd` with ``objective``, from the clean
+    image (``random_start=False``: a random start in the ball would only raise the bits/dim), and the new
+    image replaces the old one where it ranks higher.
+
+    Args:
+        gc: the attacked :class:`~gclib.model.GenerativeClassifier` (its ``predict`` gives the rank 1).
+        x: clean images [N, C, H, W] in [0, 1] (usually the ones ``gc`` classifies correctly), on the CPU.
+        y: their labels [N].
+        epsilons: budgets >= 0 in ``norm``, in any order.
+        objective: the attacker's loss, e.g. :func:`typical_objective`.
+        norm, steps, seed: as for :func:`pgd`.
+
+    Returns:
+        The adversarial images [N, C, H, W] on the CPU, one tensor per budget, in the order of ``epsilons``
+        (the clean image where no attack reached rank 1 or 2).
+    """
+    _check(x, y, None, norm)
+    epsilons = [float(e) for e in epsilons]
+    if not epsilons:
+        raise InputError("epsilons is empty; pass at least one budget")
+    for eps in epsilons:
+        _check(x[:1], y[:1], eps)
+    y = y.long()
+
+    @torch.no_grad()
+    def rank(x_adv, which=slice(None)):
+        x_adv, labels = x_adv.to(gc.device), y[which].to(gc.device)
+        _, works = objective(x_adv, labels)
+        return (2 * works.long() + (gc.predict(x_adv) != labels).long() * (~works).long()).cpu()
+
+    current, out = x.detach().cpu().clone(), {}
+    for e in sorted(range(len(epsilons)), key=lambda i: epsilons[i]):
+        rank_old = rank(current)
+        todo = torch.where(rank_old < 2)[0]
+        if len(todo):
+            new = pgd(gc, x[todo], y[todo], epsilons[e], norm, steps=steps, seed=seed, objective=objective,
+                      random_start=False).x_adv.cpu()
+            better = rank(new, todo) > rank_old[todo]
+            current[todo[better]] = new[better]
+        out[e] = current.clone()
+    return [out[e] for e in range(len(epsilons))]
 
 
 def perturbation_norm(x_adv: Tensor, x: Tensor, norm: str) -> Tensor:

@@ -560,14 +560,15 @@ def _mosaic(tiles: Tensor, pad: int = 2) -> Tensor:
     return out
 
 
-def plot_prototypes(protos: dict[str, dict], class_names: list[str], n_rows: int = 1):
+def plot_prototypes(protos: dict[str, dict], class_names: list[str], rows: list[int] | None = None):
     """``fig_prototypes``: per model a block of decoded class means and temperature samples, one row per class.
 
     Args:
         protos: panel title (e.g. ``"β=8"``) to a :func:`prototypes` dict, optionally with ``centroids``
             [C, ...] (decoded class centroids of data latents, shown after the means).
         class_names: the C class names (rows).
-        n_rows: rows of panels (the panels fill them in order, e.g. the small zoo above the large models).
+        rows: the row of panels each panel goes in, in the order of ``protos`` (e.g. the small zoo in row
+            0, the large models in row 1); default: all in one row.
 
     Every image is clamped to [0, 1] for display, except the "stretched" column, which maps each decoded
     mean's own range to black..white so that its shape shows. Each column group's label gives the share
@@ -576,17 +577,23 @@ def plot_prototypes(protos: dict[str, dict], class_names: list[str], n_rows: int
     from .plotting import _plt
 
     plt = _plt()
-    n_rows = max(1, min(n_rows, len(protos)))
-    n = math.ceil(len(protos) / n_rows)  # panels per row
+    rows = list(rows) if rows is not None else [0] * len(protos)
+    if len(rows) != len(protos) or min(rows, default=0) < 0:
+        raise InputError(f"rows must give a row index >= 0 for each of the {len(protos)} panels, got {rows}")
+    n_rows = max(rows, default=0) + 1
+    slots = [(r, rows[:i].count(r)) for i, r in enumerate(rows)]  # (row, column) of each panel
+    n = max(c for _, c in slots) + 1  # panels per row
     first = next(iter(protos.values()))
     extra = 2 + ("centroids" in first)
     n_cols = extra + len(first["temperatures"]) * first["samples"].shape[2]
     fig, axes = plt.subplots(n_rows, n, figsize=(0.4 * n_cols * n + 1.0, n_rows * (0.4 * len(class_names) + 1.0)),
                              squeeze=False, layout="constrained")
-    for ax in axes.flat[len(protos):]:
-        ax.set_axis_off()
-    for k, (ax, (title, p)) in enumerate(zip(axes.flat, protos.items())):
-        j = k % n
+    for r in range(n_rows):
+        for c in range(n):
+            if (r, c) not in slots:
+                axes[r, c].set_axis_off()
+    for (r, j), (title, p) in zip(slots, protos.items()):
+        ax = axes[r, j]
         temps, ns = p["temperatures"], p["samples"].shape[2]
         means = torch.nan_to_num(p["means"].double())
         lo, hi = means.flatten(1).min(1).values, means.flatten(1).max(1).values

@@ -155,36 +155,20 @@ objective = attacks.typical_objective(gc, mu, adaptive_weight, tolerance)
 curve = curves[gc_name(detect_beta), "PGD-Linf"]
 correct, idx = curve.correct, torch.where(curve.correct)[0]
 det_rows, hist = [], {}
-adaptive = x_test[idx].clone()  # the adaptive attacker's current image per attacked test image
-
-
-@torch.no_grad()
-def attacker_rank(x_adv, which=slice(None)):
-    """2 if the image fools the GC inside the typical band, 1 if it only fools it, else 0."""
-    x_adv, y = x_adv.to(gc.device), y_test[idx][which].to(gc.device)
-    _, works = objective(x_adv, y)
-    return (2 * works.long() + (gc.predict(x_adv) != y).long() * (~works).long()).cpu()
-
-
 t0 = time.time()
+# The adaptive attacker (gclib.attacks.adaptive_attack) goes from the smallest budget up: it keeps an image
+# that already fools and is typical at a smaller budget (it lies inside this ball too) and attacks the others
+# anew, from the clean image (a random start in the ball would only raise the bits/dim); it takes the new
+# image where it ranks higher: fooled and typical, then fooled, then neither.
+adaptive = dict(zip(sorted(detect_255), attacks.adaptive_attack(
+    gc, x_test[idx], y_test[idx], [e / 255 for e in sorted(detect_255)], objective, steps=steps, seed=seed)))
 for eps in sorted(detect_255):
     e = linf_255.index(eps)
     runs = {}
     full = attacks.pgd(gc, x_test[idx], y_test[idx], eps / 255, "inf", steps=steps, seed=seed, early_stop=False)
     runs["plain, all steps"] = full.x_adv
     runs["plain, stops when fooled"] = curve.x_adv[e, idx]
-    # The adaptive attacker keeps an image that already fools and is typical at a smaller budget (it lies
-    # inside this ball too) and attacks the others anew, from the clean image (a random start in the ball
-    # would only raise the bits/dim); it takes the new image where it ranks higher: fooled and typical, then
-    # fooled, then neither.
-    rank_old = attacker_rank(adaptive)
-    todo = torch.where(rank_old < 2)[0]
-    if len(todo):
-        new = attacks.pgd(gc, x_test[idx[todo]], y_test[idx[todo]], eps / 255, "inf", steps=steps, seed=seed,
-                          objective=objective, random_start=False).x_adv.cpu()
-        better = attacker_rank(new, todo) > rank_old[todo]
-        adaptive[todo[better]] = new[better]
-    runs["adaptive"] = adaptive.clone()
+    runs["adaptive"] = adaptive[eps]
     for attacker, x_adv in runs.items():
         fooled = torch.zeros_like(correct)
         fooled[idx] = gc.predict(x_adv.to(gc.device)).cpu() != y_test[idx]

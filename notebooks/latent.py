@@ -126,9 +126,10 @@ display(Markdown((Path(figures) / "table_latent.md").read_text()))
 glue("fc_dims", models[example_beta].head.n_fc_dims, display=False)
 glue("temperatures", ", ".join(f"{t:g}" for t in temps), display=False)
 
-shown = {name_of(b).removeprefix("GC "): {**protos[b]} for b in beta_list if b in proto_list}
-variants = sorted({split(b)[0] for b in proto_list})
-fig = latent.plot_prototypes(shown, class_names, n_rows=len(variants))
+shown_list = [b for b in beta_list if b in proto_list]  # the small zoo in the first row, each variant below
+variants = list(dict.fromkeys(split(b)[0] for b in shown_list))
+shown = {name_of(b).removeprefix("GC").lstrip(" -"): {**protos[b]} for b in shown_list}
+fig = latent.plot_prototypes(shown, class_names, rows=[variants.index(split(b)[0]) for b in shown_list])
 plotting.savefig(fig, "fig_prototypes", figures)
 
 # %% [markdown]

@@ -25,7 +25,7 @@
 
 # %% tags=["parameters"]
 dataset = "fashion-mnist"
-models = "all"  # "all": every shipped model of the dataset, or comma-separated zoo names
+models = "all"  # comma-separated zoo names; "all": every shipped model, "small": the small zoo and its ResNet-18
 n_test = 200  # test images (each seen under every condition)
 hybrid_cutoff = 3.0  # cycles per image: hybrids take the low frequencies of one class up to here
 highpass_cutoffs = "1,2,3,4,6,9"  # cycles per image
@@ -54,7 +54,9 @@ from gclib.robust import accuracy_se
 start = time.time()
 _, _, test = gclib.data.load(dataset)
 x, y = test.subset(min(n_test, len(test)), seed).tensors()
-names = gclib.list_models(dataset) if models == "all" else [m.strip() for m in models.split(",") if m.strip()]
+groups = {"all": gclib.list_models(dataset),
+          "small": [n for n in gclib.list_models(dataset) if n.startswith("gc-beta-") or n == "resnet18"]}
+names = list(dict.fromkeys(n for m in models.split(",") if m.strip() for n in groups.get(m.strip(), [m.strip()])))
 loaded = {name: gclib.get_model(name, dataset, device=device) for name in names}
 
 
@@ -70,7 +72,7 @@ names = sorted(names, key=order)
 def label(name):
     """Short labels: 'GC β=8', 'GC β=8 s1' for the extra seeds, 'ResNet-18 DC'."""
     if name.startswith("resnet"):
-        return "ResNet-18 DC"
+        return "ResNet-18 DC" if name == "resnet18" else f"ResNet-18 DC ({name.removeprefix('resnet18-')})"
     beta = loaded[name].manifest["info"]["beta"]
     seed_ = loaded[name].manifest["info"].get("seed", 0)
     kind = gclib.zoo.variant(loaded[name].manifest["config"]["model"]["name"])  # "large" or ""

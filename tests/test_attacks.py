@@ -190,6 +190,33 @@ def test_typical_objective_is_cross_entropy_inside_the_band_and_penalised_outsid
     assert not (done & ((bpd - ref).abs() > 0.5)).any()
 
 
+def test_adaptive_attack_keeps_what_works_and_never_ranks_lower_at_a_larger_budget():
+    gc, x, y = tiny_gc(), images(24), labels(24)
+    with torch.no_grad():
+        bpd = gc.bits_per_dim(x, "none")
+    objective = attacks.typical_objective(gc, float(bpd.mean()), weight=5.0, tolerance=float(bpd.std()))
+
+    @torch.no_grad()
+    def rank(x_adv):
+        _, works = objective(x_adv, y)
+        return 2 * works.long() + ((gc.predict(x_adv) != y) & ~works).long()
+
+    eps = [0.1, 0.02, 0.05]  # any order; the result follows it
+    out = attacks.adaptive_attack(gc, x, y, eps, objective, steps=3, seed=0)
+    assert len(out) == 3 and all(o.shape == x.shape for o in out)
+    for e, x_adv in zip(eps, out):
+        assert float((x_adv - x).abs().max()) <= e + TOL and 0 <= float(x_adv.min()) and float(x_adv.max()) <= 1
+    small, middle, large = out[1], out[2], out[0]
+    assert (rank(middle) >= rank(small)).all() and (rank(large) >= rank(middle)).all()
+    done = rank(small) == 2  # kept as they are at the larger budgets
+    assert torch.equal(middle[done], small[done]) and torch.equal(large[done], small[done])
+    # the smallest budget alone is plain PGD with the objective from the clean image, where it ranks higher
+    new = attacks.pgd(gc, x, y, 0.02, "inf", steps=3, seed=0, objective=objective, random_start=False).x_adv
+    better = rank(new) > rank(x)
+    assert torch.equal(small[better], new[better]) and torch.equal(small[~better], x[~better])
+    assert rank(small).sum() > 0
+
+
 def test_detection_row_by_hand():
     ref = np.linspace(1.0, 3.0, 101)  # mean 2; the 95 % quantile of the bits/dim is 2.9
     correct = torch.tensor([True, True, True, True, False])
@@ -219,6 +246,7 @@ def test_detection_row_by_hand():
     (lambda m, x, y: attacks.success_curve(m, x, y, [0.1], "fgsm", norm="2"), "L-inf"),
     (lambda m, x, y: attacks.success_curve(m, x, y, [0.1], "cw"), "unknown attack"),
     (lambda m, x, y: attacks.success_curve(m, x, y, []), "empty"),
+    (lambda m, x, y: attacks.adaptive_attack(m, x, y, [], attacks.cross_entropy_objective(m)), "empty"),
     (lambda m, x, y: attacks.typical_objective(m, 2.0, weight=-1.0, tolerance=0.1), "weight"),
 ])
 def test_bad_input_raises_input_error(call, match):

@@ -24,7 +24,8 @@ BUILT_IDS = ["table_models", "fig_beta_tradeoff", "fig_training_curves", "table_
              "fig_corruptions", "table_corruptions", "fig_heatmaps", "table_faithfulness",
              "fig_adversarial", "table_adversarial", "fig_adv_detection", "table_adv_detection",
              "fig_shape_bias", "table_shape_bias", "fig_frequency", "table_frequency", "fig_distortions",
-             "table_distortions", "fig_error_consistency", "table_error_consistency"]
+             "table_distortions", "fig_error_consistency", "table_error_consistency",
+             "fig_model_strength", "table_model_strength"]
 
 
 @pytest.fixture(scope="module")
@@ -103,8 +104,8 @@ def test_parameter_cells_are_hidden_in_the_book(smoke_book):
 
 def test_book_has_every_chapter_and_no_unrendered_glue(smoke_book):
     _, html, _ = smoke_book
-    for page in ("intro", "method", "models", "explainability", "robustness", "perception", "scaling", "reproduce",
-                 "api", "executed/perception",
+    for page in ("intro", "method", "models", "explainability", "robustness", "perception", "strength", "scaling",
+                 "reproduce", "api", "executed/perception", "executed/model_strength",
                  "executed/models", "executed/gc_vs_dc", "executed/architectures", "executed/train_model_beta-8",
                  "executed/ood", "executed/calibration", "executed/latent", "executed/corruptions",
                  "executed/heatmaps", "executed/adversarial"):

@@ -221,3 +221,16 @@ def test_bad_input_raises_input_error(seeded):
         latent.prototypes(seeded, n_samples=0)
     with pytest.raises(InputError, match="z has"):
         latent.counterfactual_stats(seeded, torch.rand(2, 1, 28, 28), z)
+
+
+def test_prototype_panels_go_in_the_rows_asked_for(seeded):
+    p = latent.prototypes(seeded, temperatures=(0.5,), n_samples=1, seed=0)
+    fig = latent.plot_prototypes({"small β=1": p, "small β=8": p, "large β=1": p}, [str(i) for i in range(10)],
+                                 rows=[0, 0, 1])
+    grid = fig.axes[0].get_subplotspec().get_gridspec()
+    assert (grid.nrows, grid.ncols) == (2, 2)
+    titles = {ax.get_title(): ax.get_subplotspec().rowspan.start for ax in fig.axes if ax.get_title()}
+    assert titles == {"small β=1": 0, "small β=8": 0, "large β=1": 1}
+    assert sum(ax.axison for ax in fig.axes) == 3  # the empty slot is switched off
+    with pytest.raises(InputError, match="row index"):
+        latent.plot_prototypes({"a": p}, [str(i) for i in range(10)], rows=[0, 1])
