@@ -72,7 +72,7 @@ LARGE_BETAS: tuple[str, ...] = ("0", "1")  # the large config's models trained f
 # The large config's other betas: warm-started from gc-large-beta-1 (its 10 epochs) and trained 2 more
 # epochs at the new beta (fresh one-cycle schedule at half the peak lr), which the manifests record as
 # lineage (info.init_from). The paper's ImageNet betas 1, 8 and 32 correspond to 192, 1536 and 6144 here.
-FINETUNED_BETAS: tuple[str, ...] = ()  # filled in as they are shipped: "4", "8", "32", "192", "1536", "6144", "inf"
+FINETUNED_BETAS: tuple[str, ...] = ("4", "8", "32", "192", "1536", "6144", "inf")
 FINETUNE_FROM = "gc-large-beta-1"
 # The paper's ImageNet numbers (Mackowiak et al. 2021, Table 1): top-1 accuracy (%) per beta, and the
 # ResNet-50 baseline. beta=0 is not reported there.
