@@ -47,6 +47,7 @@ __all__ = [
     "TinyUNet",
     "VPSchedule",
     "classify",
+    "classify_from_errors",
     "denoising_errors",
     "denoising_loss",
     "fit",
@@ -316,6 +317,20 @@ def classify(errors_fn, batch: int, num_classes: int, stages=((10, 5), (40, 2), 
     return candidates[:, 0], evaluations, errors
 
 
+def classify_from_errors(errors: Tensor, stages) -> tuple[Tensor, Tensor]:
+    """Li et al.'s pruned rule read off a precomputed error matrix ``errors`` [B, C, N] (every class on the
+    whole bank): ``(prediction [B], network evaluations [B])``, exactly what :meth:`DiffusionClassifier.predict`
+    returns with these ``stages`` (its stages score bank prefixes, which the matrix holds), so one matrix
+    gives the accuracy of every pruning schedule and of the unpruned rule at every budget."""
+    b, c, n = errors.shape
+
+    def errors_fn(classes, n_pairs):
+        return errors[:, :, :min(n_pairs, n)].mean(2).gather(1, classes)
+
+    pred, evaluations, _ = classify(errors_fn, b, c, stages, device=errors.device)
+    return pred, evaluations
+
+
 class _SinusoidalTime(nn.Module):
     def __init__(self, dim: int):
         super().__init__()
@@ -513,16 +528,42 @@ class DiffusionClassifier(nn.Module):
         return torch.log_softmax(self.class_scores(x) + self.log_prior, dim=1)
 
     @torch.no_grad()
+    def error_matrix(self, x: Tensor) -> Tensor:
+        """Denoising errors (mean over dims) of every class on every pair of the bank, [B, C, n_pairs]:
+        what :meth:`class_scores` averages and :func:`classify_from_errors` prunes with."""
+        x = self._check(x)
+        return self._errors(x, self._all_classes(x), self.bank)
+
+    @torch.no_grad()
     def predict(self, x: Tensor, stages=None) -> Tensor:
         """Most likely class with adaptive pruning (``stages``: the model's by default)."""
+        return self.predict_with_evaluations(x, stages)[0]
+
+    @torch.no_grad()
+    def predict_with_evaluations(self, x: Tensor, stages=None) -> tuple[Tensor, Tensor]:
+        """``(prediction [B], network evaluations per image [B])`` of the pruned rule (:func:`classify`).
+
+        A stage scores its surviving classes on a longer prefix of the bank; they were all scored on the
+        previous prefix, so only the new pairs are evaluated (the count is the work done, not an estimate).
+        """
         x = self._check(x)
         stages = stages or self.stages or ((len(self.bank_t), 1),)
         bank = self.bank
+        rows = torch.arange(len(x), device=x.device)[:, None]
+        cache = x.new_zeros(len(x), self.num_classes, len(bank))
+        have = 0  # pairs scored for every current candidate
 
         def errors_fn(classes, n_pairs):
-            return self._errors(x, classes, bank.prefix(min(n_pairs, len(bank)))).mean(2)
+            nonlocal have
+            n_pairs = min(n_pairs, len(bank))
+            if n_pairs > have:
+                cache[rows, classes, have:n_pairs] = self._errors(
+                    x, classes, NoiseBank(bank.t[have:n_pairs], bank.eps[have:n_pairs]))
+                have = n_pairs
+            return cache[rows, classes, :n_pairs].mean(2)
 
-        return classify(errors_fn, len(x), self.num_classes, stages, device=x.device)[0]
+        pred, evaluations, _ = classify(errors_fn, len(x), self.num_classes, stages, device=x.device)
+        return pred, evaluations
 
     def log_px(self, x: Tensor) -> Tensor:
         """A lower bound on log p(x) in nats, [B]: log sum_y p(y) exp(ELBO_y) (each ELBO_y <= log p(x|y)).
@@ -906,4 +947,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # Run as `python -m gclib.diffusion`, this file is __main__ and its classes are not gclib.diffusion's, which
+    # gclib.save checks for ("can only save gclib models"): run the package module's main instead.
+    from gclib.diffusion import main as _package_main
+
+    raise SystemExit(_package_main())

@@ -106,9 +106,15 @@ class ZooEntry:
     extra_args: tuple[str, ...] = ()
     dtype: str = "float32"  # storage dtype of the shipped weights
     config: str | None = None  # the named config (gclib.configs); None: the dataset's default
+    # diffusion family only: the shipped classifier's pruning stages and ELBO bank size (set at publish)
+    stages: tuple[tuple[int, int], ...] | None = None
+    elbo_pairs: int | None = None
 
     def command(self, out: str | os.PathLike) -> list[str]:
         """Arguments for ``python`` that train this model into ``out``."""
+        if self.model == "diffusion":
+            return ["-m", "gclib.diffusion", "--dataset", self.dataset, "--seed", str(self.seed), "--epochs",
+                    str(self.epochs), *self.extra_args, "--out", str(out)]
         args = ["-m", "gclib.train", "--config", self.config or self.dataset, "--model", self.model]
         if self.beta is not None:
             args += ["--beta", self.beta]
@@ -136,8 +142,22 @@ def _fashion_mnist() -> list[ZooEntry]:
     out += [ZooEntry("fashion-mnist", f"gc-large-beta-{b}", "gc", b, 0, 2,
                      ("--input-noise", "0", "--lr", "1e-3", "--init-from", f"checkpoints/fashion-mnist/{FINETUNE_FROM}"),
                      config="fashion-mnist-large") for b in FINETUNED_BETAS]
+    # The diffusion classifier (issue 15): a TinyUNet (width 32, 0.38 M parameters) trained from scratch
+    # with DDPM's epsilon loss, no class dropout (the classifier only uses conditional scores), Adam 1e-3
+    # and an EMA of the weights; 10 epochs on one CPU core. Pruning: all 10 classes on 10 pairs, the best
+    # 2 on 60 (200 network evaluations per image, a fifth of the unpruned rule's 1000); fig_diffusion_cost
+    # shows the alternatives, from the shipped error matrix.
+    out.append(ZooEntry("fashion-mnist", "diffusion-unet32", "diffusion", None, 0, 10,
+                        ("--lr", "1e-3", "--class-dropout", "0"), stages=DIFFUSION_STAGES, elbo_pairs=100))
     return out
 
+
+DIFFUSION_STAGES = ((10, 2), (60, 1))
+# The diffusion family's published figures, on seeded subsets of the test set (its rule costs hundreds of
+# network evaluations per image): accuracy of the shipped pruned rule on DIFFUSION_TEST_N images, the full
+# error matrix (every class on every pair) on the first DIFFUSION_ERRORS_N of them, the ELBO bits/dim on
+# the first DIFFUSION_BPD_N. The tests recompute DIFFUSION_CHECK_N random images of each.
+DIFFUSION_TEST_N, DIFFUSION_ERRORS_N, DIFFUSION_BPD_N, DIFFUSION_CHECK_N = 2000, 200, 50, 6
 
 ZOO: dict[tuple[str, str], ZooEntry] = {(e.dataset, e.name): e for e in _fashion_mnist()}
 
@@ -236,7 +256,8 @@ def list_models(dataset: str = "fashion-mnist", family: str | None = None,
 
 
 def _family(manifest: dict) -> str:
-    return manifest.get("info", {}).get("family") or {"feedforward": "resnet"}.get(manifest.get("kind"), "ibinn")
+    return (manifest.get("info", {}).get("family") or manifest.get("family")
+            or {"feedforward": "resnet"}.get(manifest.get("kind"), "ibinn"))
 
 
 def get_model(name: str, dataset: str = "fashion-mnist", *, device=None, root: str | os.PathLike | None = None):
@@ -264,9 +285,10 @@ def get_model(name: str, dataset: str = "fashion-mnist", *, device=None, root: s
     if name not in shipped:
         raise CheckpointError(f"no shipped model {name!r} for {dataset!r}; shipped: {', '.join(shipped)}")
     model = checkpoints.load(base / dataset / name, device=device, verify=True)
-    config_name = model.config.name
-    if dataset_of(config_name) != dataset:
-        raise CheckpointError(f"{base / dataset / name} holds a {config_name!r} model, not one for {dataset!r}")
+    config = getattr(model, "config", None)
+    trained_on = dataset_of(config.name) if config is not None else model.manifest["info"].get("dataset", dataset)
+    if trained_on != dataset:
+        raise CheckpointError(f"{base / dataset / name} holds a model for {trained_on!r}, not one for {dataset!r}")
     return model
 
 
@@ -333,9 +355,12 @@ def publish(run: str | os.PathLike, name: str, dataset: str = "fashion-mnist",
     Returns the manifest path.
     """
     from . import data
+    from .diffusion import DiffusionClassifier
 
     run = Path(run)
     trained = checkpoints.load(run / "final", device="cpu")
+    if isinstance(trained, DiffusionClassifier):
+        return _publish_diffusion(trained, run, name, dataset, root, test)
     record = trained.manifest
     dtype = dtype or (entry(dataset, name).dtype if (dataset, name) in ZOO else "float32")
     if dtype not in ("float32", "float16", "bfloat16"):
@@ -371,6 +396,164 @@ def publish(run: str | os.PathLike, name: str, dataset: str = "fashion-mnist",
     return dest.with_name(f"{name}.json")
 
 
+# -- the diffusion family ----------------------------------------------------------------------------
+def _test_index(n_total: int, n: int) -> torch.Tensor:
+    """The seeded test subset of ``n`` images every diffusion figure uses (``test.subset(n, EVAL_SEED)``'s)."""
+    return torch.randperm(n_total, generator=torch.Generator().manual_seed(EVAL_SEED))[:n]
+
+
+@torch.no_grad()
+def evaluate_diffusion(model, test, n: int = DIFFUSION_TEST_N, n_errors: int = DIFFUSION_ERRORS_N,
+                       n_bpd: int = DIFFUSION_BPD_N, batch: int = 20, errors: torch.Tensor | None = None,
+                       progress: bool = True) -> tuple[dict, dict[str, dict[str, torch.Tensor]]]:
+    """The published figures of a diffusion classifier on the seeded test subset, and its per-image artifacts.
+
+    Accuracy of the model's own pruned rule on ``n`` images (with its binomial standard error, the mean
+    network evaluations per image and the milliseconds per image on this machine's threads); the full error
+    matrix (every class, every pair: the unpruned rule) of the first ``n_errors`` (pass ``errors`` to reuse
+    a shipped matrix of the same weights); the ELBO bits/dim, an upper bound, of the first ``n_bpd``.
+    Returns ``(record, {"test": tensors, "errors": tensors})``.
+    """
+    import time
+
+    from tqdm import tqdm
+
+    from .diffusion import classify_from_errors
+
+    n, n_errors, n_bpd = min(n, len(test)), min(n_errors, n, len(test)), min(n_bpd, n, len(test))
+    index = _test_index(len(test), n)
+    x, y = test.batch(index)
+    model.eval()
+    if errors is None:
+        errors = torch.cat([model.error_matrix(x[s:s + batch]) for s in
+                            tqdm(range(0, n_errors, batch), desc="error matrix", disable=not progress)])
+    preds, evaluations = [], []
+    start = time.perf_counter()
+    for s in tqdm(range(0, n, batch), desc="pruned rule", disable=not progress):
+        p, e = model.predict_with_evaluations(x[s:s + batch])
+        preds.append(p)
+        evaluations.append(e)
+    seconds = time.perf_counter() - start
+    pred, evaluations = torch.cat(preds), torch.cat(evaluations)
+    bpd = torch.cat([model.bits_per_dim(x[s:min(s + batch, n_bpd)]) for s in range(0, n_bpd, batch)]).double()
+    correct = int((pred == y).sum())
+    acc = correct / n
+    unpruned = classify_from_errors(errors, ((errors.shape[2], 1),))[0]
+    record = {
+        "n": n, "correct": correct, "accuracy": acc, "accuracy_se": math.sqrt(acc * (1 - acc) / n),
+        "subset_seed": EVAL_SEED, "rule": "pruned", "stages": [list(st) for st in model.stages or ()],
+        "evaluations_per_image": float(evaluations.double().mean()),
+        "ms_per_image": round(1000 * seconds / n, 1), "torch_threads": torch.get_num_threads(),
+        "bits_per_dim": float(bpd.mean()), "bits_per_dim_se": float(bpd.std() / math.sqrt(len(bpd))) if len(bpd) > 1
+        else math.nan, "bits_per_dim_n": len(bpd), "bits_per_dim_kind": "upper bound (ELBO)",
+        "errors_n": n_errors, "unpruned_evaluations_per_image": errors.shape[1] * errors.shape[2],
+        "unpruned_correct_on_errors_subset": int((unpruned == y[:n_errors]).sum()),
+        "pruned_correct_on_errors_subset": int((pred[:n_errors] == y[:n_errors]).sum()),
+    }
+    artifacts = {"test": {"indices": index, "labels": y, "predictions": pred, "evaluations": evaluations,
+                          "bits_per_dim": bpd.float()},
+                 "errors": {"indices": index[:n_errors], "labels": y[:n_errors], "errors": errors.float()}}
+    return record, artifacts
+
+
+def _publish_diffusion(trained, run: Path, name: str, dataset: str, root, test) -> Path:
+    """publish() for the diffusion family: the entry's stages and ELBO bank, figures on seeded subsets,
+    per-image artifacts in ``checkpoints/<dataset>/evals/`` (an error matrix already shipped for the same
+    weights is reused: it is the costly part)."""
+    from . import data, evals
+    from .diffusion import DiffusionClassifier
+
+    e = ZOO.get((dataset, name))
+    spec = trained.spec()
+    if e is not None:
+        spec.update(stages=[list(st) for st in e.stages] if e.stages else spec["stages"],
+                    elbo_pairs=e.elbo_pairs or spec["elbo_pairs"])
+    model = DiffusionClassifier.from_spec(spec)
+    model.load_state_dict(trained.state_dict())
+    dest = Path(root or checkpoint_root()) / dataset / name
+    info = dict(trained.manifest["info"])
+    info.update(family="diffusion", dataset=dataset, zoo_name=name, history=read_history(run),
+                parameters=sum(p.numel() for p in model.parameters() if p.requires_grad))
+    if e is not None:
+        info["train_command"] = "python " + " ".join(e.command("OUT"))
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".publish-{name}.", dir=dest.parent))
+    try:
+        checkpoints.save(model, scratch / name, env=trained.manifest["environment"], **info)
+        shipped = checkpoints.load(scratch / name, device="cpu")
+        sha = shipped.manifest["sha256"]
+        if test is None:
+            test = data.load(dataset)[2]
+        errors = None
+        try:
+            old, _ = evals.load(evals.path_of(name, "errors", dataset, root), model_sha256=sha)
+            if len(old["indices"]) == min(DIFFUSION_ERRORS_N, len(test)):
+                errors = old["errors"]
+        except CheckpointError:
+            pass
+        info["test"], artifacts = evaluate_diffusion(shipped, test, errors=errors)
+        inputs = {"dataset": dataset, "split": "test", "subset_seed": EVAL_SEED}
+        for kind, tensors in artifacts.items():
+            evals.save(evals.path_of(name, kind, dataset, root), tensors, model_sha256=sha,
+                       inputs={**inputs, "n": len(tensors["indices"])}, model=name, what=evals.KINDS[kind],
+                       stages=info["test"]["stages"], noise_bank_seed=shipped.seed,
+                       torch_threads=torch.get_num_threads())
+        _rewrite_info(scratch / name, info)
+        os.replace(scratch / f"{name}.safetensors", dest.with_name(f"{name}.safetensors"))
+        os.replace(scratch / f"{name}.json", dest.with_name(f"{name}.json"))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return dest.with_name(f"{name}.json")
+
+
+@torch.no_grad()
+def _verify_diffusion(model, name: str, dataset: str, root, test, sample: int = DIFFUSION_CHECK_N,
+                      seed: int | None = None) -> dict:
+    """Recompute a random sample of a diffusion model's shipped per-image results and compare.
+
+    Predictions and evaluation counts must be equal; the error matrix and bits/dim agree to float32
+    rounding (rtol 1e-4: another batch composition rounds differently). The sample's seed is random
+    unless given, and is returned, so a failure can be rerun.
+    """
+    import random
+
+    from . import evals
+
+    sha = model.manifest["sha256"]
+    record = model.manifest["info"].get("test", {})
+    t, _ = evals.load(evals.path_of(name, "test", dataset, root), model_sha256=sha)
+    m, _ = evals.load(evals.path_of(name, "errors", dataset, root), model_sha256=sha)
+    seed = random.SystemRandom().randrange(2**31) if seed is None else seed
+    g = torch.Generator().manual_seed(seed)
+    problems = []
+    n = len(t["indices"])
+    if not torch.equal(t["indices"], _test_index(len(test), n)) or not torch.equal(t["labels"], test.labels[t["indices"]]):
+        problems.append("the artifact's images are not the seeded test subset it names")
+    correct = int((t["predictions"] == t["labels"]).sum())
+    if (record.get("n"), record.get("correct")) != (n, correct):
+        problems.append(f"manifest n={record.get('n')}, correct={record.get('correct')}; artifact {n}, {correct}")
+    pick = torch.randperm(n, generator=g)[:sample]
+    x, _ = test.batch(t["indices"][pick])
+    pred, evaluations = model.predict_with_evaluations(x)
+    if not torch.equal(pred, t["predictions"][pick]) or not torch.equal(evaluations, t["evaluations"][pick]):
+        problems.append(f"pruned rule on test images {t['indices'][pick].tolist()}: predictions {pred.tolist()}, "
+                        f"shipped {t['predictions'][pick].tolist()}")
+    pick_e = torch.randperm(len(m["indices"]), generator=g)[:max(1, sample // 3)]
+    got = model.error_matrix(test.batch(m["indices"][pick_e])[0])
+    if not torch.allclose(got, m["errors"][pick_e], rtol=1e-4, atol=1e-6):
+        problems.append(f"error matrix of test images {m['indices'][pick_e].tolist()} differs by up to "
+                        f"{float((got - m['errors'][pick_e]).abs().max()):.2e}")
+    pick_b = torch.randperm(len(t["bits_per_dim"]), generator=g)[:1]
+    bpd = model.bits_per_dim(test.batch(t["indices"][pick_b])[0])
+    if not torch.allclose(bpd, t["bits_per_dim"][pick_b], rtol=1e-4):
+        problems.append(f"bits/dim of test image {t['indices'][pick_b].tolist()}: {bpd.tolist()}, "
+                        f"shipped {t['bits_per_dim'][pick_b].tolist()}")
+    if not math.isclose(float(t["bits_per_dim"].double().mean()), record.get("bits_per_dim", math.nan), rel_tol=1e-6):
+        problems.append("the manifest's bits/dim is not the artifact's mean")
+    return {"manifest": record, "measured": {"n": n, "correct": correct, "sample_seed": seed, "checked": pick.numel()},
+            "problems": problems}
+
+
 def _rewrite_info(dest: Path, info: dict) -> Path:
     json_path = dest.with_name(dest.name + ".json")
     manifest = json.loads(json_path.read_text())
@@ -392,6 +575,8 @@ def verify(name: str, dataset: str = "fashion-mnist", root: str | os.PathLike | 
     model = checkpoints.load(Path(root or checkpoint_root()) / dataset / name, device="cpu", verify=True)
     if test is None:
         test = data.load(dataset)[2]
+    if model.manifest.get("kind") == "diffusion":  # a random sample of its shipped per-image results
+        return _verify_diffusion(model, name, dataset, root, test)
     key = "test_subset" if subset else "test"
     if subset and key not in model.manifest["info"]:
         raise CheckpointError(f"{name} has no test_subset record: run python -m gclib.zoo reevaluate --subset {name}")
@@ -431,6 +616,8 @@ def reevaluate(name: str, dataset: str = "fashion-mnist", root: str | os.PathLik
 
 
 def _mismatches(result: dict) -> list[str]:
+    if "problems" in result:  # the diffusion family's check (_verify_diffusion)
+        return list(result["problems"])
     want, got = result["manifest"], result["measured"]
     problems = []
     for key in ("n", "correct"):
@@ -463,8 +650,10 @@ def model_rows(dataset: str = "fashion-mnist", root: str | os.PathLike | None = 
                                   f"python -m gclib.zoo publish {name} --run RUN_DIR")
         rows.append({
             "name": name,
-            "model": "GC" if manifest["kind"] == "generative" else manifest.get("feedforward", {}).get("arch", "DC"),
-            "config": checkpoints._config_name(manifest),
+            "model": {"generative": "GC", "diffusion": "diffusion"}.get(manifest["kind"])
+            or manifest.get("feedforward", {}).get("arch", "DC"),
+            "family": _family(manifest),
+            "config": checkpoints._config_name(manifest) or "",  # "": a family without a gclib config
             "beta": info.get("beta"),
             "seed": info.get("seed"),
             "epochs": info.get("epochs"),
@@ -472,6 +661,12 @@ def model_rows(dataset: str = "fashion-mnist", root: str | os.PathLike | None = 
             "test_correct": test.get("correct"),
             "n_test": test.get("n"),
             "bits_per_dim": test.get("bits_per_dim"),
+            "bits_per_dim_se": test.get("bits_per_dim_se"),
+            "bits_per_dim_n": test.get("bits_per_dim_n", test.get("n")),
+            "bits_per_dim_kind": test.get("bits_per_dim_kind", "exact" if manifest["kind"] == "generative" else None),
+            "accuracy_se": test.get("accuracy_se"),
+            "evaluations_per_image": test.get("evaluations_per_image", 1),
+            "ms_per_image": test.get("ms_per_image"),
             "reconstruction_float32": test.get("reconstruction_max_abs_error"),
             "reconstruction_over_tolerance": test.get("reconstruction_images_over_1e-4"),
             "parameters": info.get("parameters"),
@@ -517,9 +712,10 @@ def table_rows(rows: list[dict]) -> list[dict]:
     def config_of(r):
         return r.get("config") or ""
 
-    def order(r):  # GCs first: the small zoo, the default config, the other variants; then the DCs
-        kind = variant(config_of(r))
-        return r["model"] != "GC", {"small": 0, "": 1}.get(kind, 2), kind, _beta_key(r["beta"]), r.get("name", "")
+    def order(r):  # IB-INN GCs first (the small zoo, the default config, the other variants), the other GC
+        kind = variant(config_of(r))  # families, then the DCs
+        family = {"GC": 0, "diffusion": 1}.get(r["model"], 2)
+        return family, {"small": 0, "": 1}.get(kind, 2), kind, _beta_key(r["beta"]), r.get("name", "")
 
     released = sorted((r for r in rows if r["seed"] == 0), key=order)
 
@@ -532,12 +728,25 @@ def table_rows(rows: list[dict]) -> list[dict]:
         acc = [100 * s["test_accuracy"] for s in same]
         bpd = [s["bits_per_dim"] for s in same if s["bits_per_dim"] is not None]
         acc_mean, acc_std = _mean_std(acc)
+        if r["model"] == "GC":
+            label = "GC (IB-INN)" + (f", {variant(config_of(r))}" if variant(config_of(r)) else "")
+        elif r["model"] == "diffusion":
+            label = "GC (diffusion, Li et al.'s rule)"
+        else:
+            label = f"DC ({r['model']}{', ' + other if other else ''})"
+        generative = r["model"] in ("GC", "diffusion")
         row = {
-            "model": ("GC (IB-INN)" if r["model"] == "GC" else f"DC ({r['model']}{', ' + other if other else ''})")
-            + (f", {variant(config_of(r))}" if variant(config_of(r)) and r["model"] == "GC" else ""),
+            "model": label,
             "beta": r["beta"] if r["model"] == "GC" else "",
             "test_accuracy_pct": round(100 * r["test_accuracy"], 2),
+            "accuracy_se_pct": round(100 * (r.get("accuracy_se") or math.sqrt(
+                r["test_accuracy"] * (1 - r["test_accuracy"]) / r["n_test"])), 2) if r.get("n_test") else "",
+            "n_test": r.get("n_test"),
             "bits_per_dim": round(r["bits_per_dim"], 3) if r["bits_per_dim"] is not None else "",
+            "bits_per_dim_kind": (r.get("bits_per_dim_kind") or "") + (
+                f", {r['bits_per_dim_n']} images, SE {r['bits_per_dim_se']:.3f}" if r.get("bits_per_dim_se") else ""),
+            "evaluations_per_image": round(r["evaluations_per_image"]) if generative else 1,
+            "ms_per_image": r.get("ms_per_image") or "",
             "seeds": len(same),
             "accuracy_mean_pct": round(acc_mean, 2) if len(same) > 1 else "",
             "accuracy_std_pct": round(acc_std, 2) if len(same) > 1 else "",
@@ -554,7 +763,8 @@ def table_rows(rows: list[dict]) -> list[dict]:
             "epochs": r.get("total_epochs") or r["epochs"],
             "warm_start": f"{r['init_from']} + {r['epochs']} epochs" if r.get("init_from") else "",
             "config": config_of(r),
-            "paper_imagenet_top1_pct": PAPER_IMAGENET_TOP1.get(r["beta"] if r["model"] == "GC" else "resnet", ""),
+            "paper_imagenet_top1_pct": PAPER_IMAGENET_TOP1.get(r["beta"], "") if r["model"] == "GC"
+            else "" if r["model"] == "diffusion" else PAPER_IMAGENET_TOP1["resnet"],
             "paper_equivalent_beta": _paper_beta(r["beta"]) if r["model"] == "GC" else "",
             "paper_imagenet_top1_equivalent_pct": PAPER_IMAGENET_TOP1.get(_paper_beta(r["beta"]), "")
             if r["model"] == "GC" else "",
@@ -589,7 +799,9 @@ def _paper_beta(beta: str) -> str:
 
 
 TABLE_HEADERS = {
-    "model": "model", "beta": "β", "test_accuracy_pct": "test acc. (%)", "bits_per_dim": "bits/dim",
+    "model": "model", "beta": "β", "test_accuracy_pct": "test acc. (%)", "accuracy_se_pct": "acc. SE (%)",
+    "n_test": "test images", "bits_per_dim": "bits/dim", "bits_per_dim_kind": "bits/dim is",
+    "evaluations_per_image": "network evaluations per image", "ms_per_image": "ms per image (CPU, when measured)",
     "seeds": "seeds", "accuracy_mean_pct": "acc. mean (%)", "accuracy_std_pct": "acc. std",
     "bits_per_dim_mean": "bits/dim mean", "bits_per_dim_std": "bits/dim std",
     "reconstruction_error_float32": "max. reconstruction error, float32",

@@ -343,3 +343,72 @@ def test_command_line_trains_resumes_and_evaluates(tmp_path, capsys, fashion):
     assert model.family == "diffusion" and model.manifest["info"]["steps"] == 4
     assert main([*args]) == 2  # a fresh run into a folder that holds one: one clear error
     assert "resume" in capsys.readouterr().err
+
+
+def test_pruned_rule_does_only_the_work_it_counts_and_matches_the_error_matrix():
+    from gclib.diffusion import classify_from_errors
+
+    means = _means(c=5, seed=1)
+    den = PointMassDenoiser(means)
+    clf = DiffusionClassifier(den, 5, (1, 4, 4), n_pairs=12, stages=((3, 3), (6, 2), (12, 1)))
+    x = ((means + 1) / 2 + 0.3 * torch.rand(5, 1, 4, 4, generator=torch.Generator().manual_seed(2))).clamp(0, 1)
+    den.calls.clear()
+    pred, evaluations = clf.predict_with_evaluations(x)
+    assert sum(len(c[2]) for c in den.calls) == int(evaluations.sum())  # every counted evaluation, no more
+    assert torch.equal(evaluations, torch.full((5,), 5 * 3 + 3 * 3 + 2 * 6))
+    errors = clf.error_matrix(x)
+    assert errors.shape == (5, 5, 12)
+    p2, e2 = classify_from_errors(errors, clf.stages)
+    assert torch.equal(p2, pred) and torch.equal(e2, evaluations)
+    full, full_e = classify_from_errors(errors, ((12, 1),))
+    assert torch.equal(full, clf.class_scores(x).argmax(1)) and torch.equal(full_e, torch.full((5,), 60))
+
+
+def test_command_line_run_can_be_saved_and_loaded_as_a_module(tmp_path):
+    """`python -m gclib.diffusion` (a fresh process, the module is __main__) writes a loadable final model."""
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    out = subprocess.run([sys.executable, "-m", "gclib.diffusion", "--width", "8", "--emb", "8", "--epochs", "1",
+                          "--batch-size", "16", "--train-subset", "32", "--n-pairs", "4", "--out", str(run),
+                          "--no-progress", "--device", "cpu"], check=False, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert gclib.load(run / "final").family == "diffusion"
+
+
+def test_publish_verify_and_artifacts_of_a_diffusion_model(tmp_path, fashion):
+    """zoo.publish ships a diffusion model with its per-image artifacts; verify recomputes a sample of them
+    and catches an artifact that does not match; table_models gets a row for it."""
+    from gclib import evals, zoo
+    from gclib.errors import CheckpointError
+
+    train, _, test = fashion
+    test = test.subset(24, seed=3)
+    torch.manual_seed(0)
+    model = DiffusionClassifier(TinyUNet(1, 10, width=8, emb=8), 10, (1, 28, 28), n_pairs=6,
+                                stages=((2, 3), (6, 1)), elbo_pairs=4)
+    fit(model, train.subset(64, 0), None, epochs=1, batch_size=32, out=tmp_path / "run", progress=False)
+    root = tmp_path / "ckpt"
+    path = zoo.publish(tmp_path / "run", "tiny-diffusion", root=root, test=test)
+    record = json.loads(path.read_text())["info"]["test"]
+    assert record["n"] == record["errors_n"] == record["bits_per_dim_n"] == 24
+    assert record["evaluations_per_image"] < record["unpruned_evaluations_per_image"] == 60
+    assert record["bits_per_dim_kind"] == "upper bound (ELBO)"
+    t, manifest = evals.load(evals.path_of("tiny-diffusion", "test", root=root))
+    assert int((t["predictions"] == t["labels"]).sum()) == record["correct"]
+    assert manifest["inputs"]["n"] == 24 and manifest["model_sha256"] == json.loads(path.read_text())["sha256"]
+    result = zoo.verify("tiny-diffusion", root=root, test=test)
+    assert zoo._mismatches(result) == [], result
+    assert zoo.list_models(root=root, family="diffusion") == ["tiny-diffusion"]
+    assert isinstance(zoo.get_model("tiny-diffusion", root=root), DiffusionClassifier)
+    (row,) = zoo.table_rows(zoo.model_rows(root=root))
+    assert row["model"].startswith("GC (diffusion") and row["n_test"] == 24 and row["paper_imagenet_top1_pct"] == ""
+    # an artifact of other weights is refused; a tampered one fails verification
+    with pytest.raises(CheckpointError, match="other weights"):
+        evals.load(evals.path_of("tiny-diffusion", "test", root=root), model_sha256="0" * 64)
+    t["predictions"] = (t["predictions"] + 1) % 10
+    evals.save(evals.path_of("tiny-diffusion", "test", root=root), t, model_sha256=manifest["model_sha256"],
+               inputs=manifest["inputs"])
+    assert zoo._mismatches(zoo.verify("tiny-diffusion", root=root, test=test))

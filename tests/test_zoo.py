@@ -23,7 +23,7 @@ def test_every_zoo_model_is_shipped():
 
 def test_shipped_files_fit_the_budget():
     folder = zoo.checkpoint_root() / DATASET
-    total = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+    total = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())  # evaluation artifacts included
     # 3.2M-parameter GCs take 12.8 MB each in float32 (float16 would break their float32 invertibility):
     # the small zoo (15 models, 8 MB), two ResNet-18s in float16 (22 MB each) and nine large GCs fit in 200.
     assert total <= 200 * 1024**2, f"{total / 1024**2:.1f} MiB shipped, budget 200 MiB"
@@ -33,6 +33,9 @@ def test_shipped_files_fit_the_budget():
 def test_manifest_records_the_training(name):
     manifest = checkpoints.read_manifest(zoo.checkpoint_root() / DATASET / name)
     info = manifest["info"]
+    if manifest["kind"] == "diffusion":
+        _check_diffusion_manifest(name, manifest)
+        return
     for key in ("beta", "seed", "epochs", "steps", "wall_time_s", "device", "threads", "history", "parameters"):
         assert key in info, f"{name}: manifest lacks {key}"
     env = manifest["environment"]
@@ -54,6 +57,25 @@ def test_manifest_records_the_training(name):
     assert checkpoints.sha256(zoo.checkpoint_root() / DATASET / manifest["weights"]) == manifest["sha256"]
 
 
+def _check_diffusion_manifest(name, manifest):
+    from gclib import diffusion, evals
+
+    info, e = manifest["info"], zoo.entry(DATASET, name)
+    args = diffusion._parser().parse_args(e.command("x")[2:])
+    assert (info["epochs"], info["seed"], info["lr"], info["class_dropout"]) == (
+        args.epochs, args.seed, args.lr, args.class_dropout)
+    assert len(info["history"]) == info["epochs"] and info["family"] == "diffusion"
+    assert [tuple(s) for s in manifest["diffusion"]["stages"]] == list(e.stages)
+    assert manifest["diffusion"]["elbo_pairs"] == e.elbo_pairs
+    test = info["test"]
+    assert (test["n"], test["errors_n"], test["bits_per_dim_n"]) == (
+        zoo.DIFFUSION_TEST_N, zoo.DIFFUSION_ERRORS_N, zoo.DIFFUSION_BPD_N)
+    assert checkpoints.sha256(zoo.checkpoint_root() / DATASET / manifest["weights"]) == manifest["sha256"]
+    for kind in evals.KINDS:  # both artifacts load (their sha256 and the model's checked)
+        tensors, _ = evals.load(evals.path_of(name, kind, DATASET), model_sha256=manifest["sha256"])
+        assert len(tensors["indices"]) == (test["n"] if kind == "test" else test["errors_n"])
+
+
 # Models above this size are checked on the manifest's fixed test subset (zoo.CI_SUBSET images), exactly;
 # `python -m gclib.zoo verify` checks them on the full test set.
 FULL_TEST_MAX_PARAMETERS = 1_000_000
@@ -63,6 +85,10 @@ FULL_TEST_MAX_PARAMETERS = 1_000_000
 def test_shipped_model_reproduces_its_manifest(name, fashion):
     """Exact number of correct test predictions, bits/dim to 3 decimals, reconstruction error <= 1e-4."""
     manifest = checkpoints.read_manifest(zoo.checkpoint_root() / DATASET / name)
+    if manifest["kind"] == "diffusion":  # a random sample of its shipped per-image results, recomputed
+        result = zoo.verify(name, DATASET, test=fashion[2])
+        assert zoo._mismatches(result) == [] and result["measured"]["checked"] == zoo.DIFFUSION_CHECK_N, result
+        return
     subset = manifest["info"]["parameters"] > FULL_TEST_MAX_PARAMETERS
     result = zoo.verify(name, DATASET, test=fashion[2], subset=subset)
     want, got = result["manifest"], result["measured"]
