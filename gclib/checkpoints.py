@@ -34,7 +34,7 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from .configs import Config
 from .errors import CheckpointError, ConfigError
 
-__all__ = ["atomic_write_text", "environment", "load", "load_into", "read_manifest", "save", "sha256"]
+__all__ = ["atomic_write_text", "config_name", "environment", "load", "load_into", "read_manifest", "save", "sha256"]
 
 FORMAT = "gclib-checkpoint"
 FORMAT_VERSION = 1
@@ -300,7 +300,7 @@ def _build(manifest: dict):
     return GenerativeClassifier(config.model)
 
 
-def _config_name(manifest: dict) -> str | None:
+def config_name(manifest: dict) -> str | None:
     """The name of a manifest's config as today's configs call it (see ``gclib.configs.RENAMED``)."""
     if "config" not in manifest:
         return None
@@ -335,7 +335,7 @@ def load(path: str | os.PathLike, device: str | torch.device | None = None, veri
     """
     manifest = read_manifest(path)
     weights = _verified_weights(manifest, verify)
-    name = _config_name(manifest)
+    name = config_name(manifest)
     if expect_config is not None and name != expect_config:
         raise CheckpointError(f"{manifest['_path']} holds a {name!r} model, not {expect_config!r}")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -364,7 +364,7 @@ def load_into(model, path: str | os.PathLike, verify: bool = True):
                                   "(network, schedule or noise banks differ); build it with gclib.load(path)")
         _load_weights(model, weights, model.device)
         return model
-    name = _config_name(manifest)
+    name = config_name(manifest)
     if name != model.config.name or Config.from_dict(manifest["config"]).model != model.config:
         raise CheckpointError(
             f"{manifest['_path']} was saved from config {name!r}, which differs from this model's "

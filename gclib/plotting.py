@@ -204,13 +204,13 @@ def beta_color(beta: str) -> str:
 
 def _variant_rows(rows: list[dict]) -> dict[str, list[dict]]:
     """GC rows by config variant, the small zoo first (``zoo.variant``: "small", "large", ...)."""
-    from .zoo import variant
+    from .zoo import variant, variant_rank
 
     groups: dict[str, list[dict]] = {}
     for r in rows:
         if r["model"] == "GC":
             groups.setdefault(variant(r.get("config", "")) or "default", []).append(r)
-    return dict(sorted(groups.items(), key=lambda kv: {"small": 0, "default": 1}.get(kv[0], 2)))
+    return dict(sorted(groups.items(), key=lambda kv: variant_rank(kv[0])))
 
 
 _VARIANT_MARKERS = {"small": "o", "default": "D", "large": "*"}
@@ -251,7 +251,7 @@ def plot_beta_tradeoff(rows: list[dict], paper_top1: dict | None = None):
     zero_notes = []
     for kind, group in groups.items():
         marker, size = _VARIANT_MARKERS.get(kind, "s"), (60 if kind == "large" else 16)
-        betas = sorted({r["beta"] for r in group}, key=lambda b: math.inf if b == "inf" else float(b))
+        betas = sorted({r["beta"] for r in group}, key=float)  # float("inf") sorts last
         means[kind] = {}
         for b in betas:
             accs = [100 * r["test_accuracy"] for r in group if r["beta"] == b]
@@ -285,7 +285,7 @@ def plot_beta_tradeoff(rows: list[dict], paper_top1: dict | None = None):
             ax_rel.plot([bx(b) for b, _ in rel], [v for _, v in rel], ("o-" if kind == "small" else "*--"),
                         color="k", ms=4 if kind == "small" else 7, label=f"ours, {kind} zoo")
     if paper_top1:
-        pb = sorted((b for b in paper_top1 if b not in ("0", "resnet")), key=lambda b: math.inf if b == "inf" else float(b))
+        pb = sorted((b for b in paper_top1 if b not in ("0", "resnet")), key=float)  # float("inf") sorts last
         rel = [paper_top1[b] - paper_top1["inf"] for b in pb]
         ax_rel.plot([bx(b) for b in pb], rel, "s:", color=PAPER_COLOR, ms=3.5, mfc="white",
                     label="paper, ImageNet, same β")
@@ -301,7 +301,7 @@ def plot_beta_tradeoff(rows: list[dict], paper_top1: dict | None = None):
     for kind, group in groups.items():
         marker, size = _VARIANT_MARKERS.get(kind, "s"), (60 if kind == "large" else 18)
         line = []
-        for b in sorted({r["beta"] for r in group}, key=lambda b: math.inf if b == "inf" else float(b)):
+        for b in sorted({r["beta"] for r in group}, key=float):  # float("inf") sorts last
             pts = [(r["bits_per_dim"], 100 * r["test_accuracy"]) for r in group if r["beta"] == b and r["bits_per_dim"]]
             if not pts or b == "0":
                 continue

@@ -48,7 +48,7 @@ def test_manifest_records_the_training(name):
     args = gclib.train._parser().parse_args(e.command("x")[2:])
     assert (info["epochs"], info["seed"]) == (args.epochs, args.seed)
     assert info["beta"] == e.beta  # None for the ResNet
-    assert checkpoints._config_name(manifest) == (e.config or DATASET)  # today's name (configs.RENAMED)
+    assert checkpoints.config_name(manifest) == (e.config or DATASET)  # today's name (configs.RENAMED)
     defaults = gclib.get_config(e.config or DATASET).train
     assert info["lr"] == (args.lr or defaults.lr)
     assert info["batch_size"] == (args.batch_size or defaults.batch_size)
