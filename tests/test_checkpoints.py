@@ -153,6 +153,7 @@ def test_diffusion_round_trip_gives_identical_scores(tmp_path, weighting):
     with torch.no_grad():
         fresh.denoiser.out[-1].weight.add_(1.0)
     gclib.load_into(fresh, tmp_path / "dc")
+    fresh.eval()  # eval mode keeps the weights channels_last, as the model's: the same kernels, the same bits
     assert torch.equal(fresh.class_scores(x), model.class_scores(x))
     other = _diffusion("elbo" if weighting == "uniform" else "uniform")
     with pytest.raises(gclib.CheckpointError, match="another diffusion model"):

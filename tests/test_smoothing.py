@@ -1,0 +1,170 @@
+"""gclib.smoothing: certificates of a constant and of a linear base classifier with known answers, the
+Clopper-Pearson bound against the beta quantile, certified accuracy by hand, the largest certifiable radius,
+input errors, reproducibility, and a real (untrained) gclib model."""
+
+import math
+
+import pytest
+import torch
+from scipy import stats
+
+import gclib
+from gclib import smoothing
+from gclib.errors import InputError
+from gclib.smoothing import SmoothedClassifier, certified_accuracy, clopper_pearson_lower, max_certifiable_radius
+
+
+class Constant(torch.nn.Module):
+    """Always class 2 of 4, whatever the input."""
+
+    num_classes = 4
+
+    def forward(self, x):
+        logits = torch.zeros(x.shape[0], self.num_classes, dtype=x.dtype, device=x.device)
+        logits[:, 2] = 1.0
+        return logits
+
+
+class Threshold(torch.nn.Module):
+    """Two classes on the first pixel: f(x) = [x_0 > 0.5]. Its smoothing at x_0 = 0.5 + d predicts class 1 with
+    probability Phi(d / sigma), and g's decision boundary is still x_0 = 0.5, so g's true L2 radius is d."""
+
+    num_classes = 2
+
+    def forward(self, x):
+        v = x.flatten(1)[:, 0]
+        return torch.stack([0.5 - v, v - 0.5], dim=1)
+
+
+def seeded(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.mark.parametrize("sigma", [0.25, 0.5])
+def test_constant_base_certifies_the_all_votes_radius_and_predicts_its_class(sigma):
+    n, alpha = 1000, 0.001
+    g = SmoothedClassifier(Constant(), sigma)
+    x = torch.rand(3, 1, 5, 5, generator=seeded(0))
+    prediction, radius = g.certify(x, n0=10, n=n, alpha=alpha, batch_size=256, generator=seeded(1))
+    assert prediction.tolist() == [2, 2, 2]
+    expected = sigma * stats.norm.ppf(alpha ** (1 / n))  # p_lower = alpha^(1/n) when all n votes agree
+    assert radius.tolist() == pytest.approx([expected] * 3, abs=1e-9)
+    assert radius.tolist() == pytest.approx([max_certifiable_radius(n, alpha, sigma)] * 3, abs=1e-9)
+    assert g.predict(x, n=n, alpha=alpha, batch_size=256, generator=seeded(2)).tolist() == [2, 2, 2]
+    assert g.counts(x, n=7, batch_size=3, generator=seeded(3)).tolist() == [[0, 0, 7, 0]] * 3
+
+
+@pytest.mark.parametrize("sigma, d", [(0.25, 0.25), (0.5, 0.25), (0.25, 0.5)])
+def test_threshold_base_vote_share_is_phi_d_over_sigma_and_its_certificate_is_conservative_but_tight(sigma, d):
+    g = SmoothedClassifier(Threshold(), sigma)
+    x = torch.full((1, 1, 1, 1), 0.5 + d, dtype=torch.float64)
+    n = 4000
+    p = stats.norm.cdf(d / sigma)
+    counts = g.counts(x, n=n, batch_size=n, generator=seeded(0))
+    assert counts.dtype == torch.long and counts.shape == (1, 2) and int(counts.sum()) == n
+    assert abs(int(counts[0, 1]) / n - p) < 4 * math.sqrt(p * (1 - p) / n)
+    # n = 100,000: p_lower ~ p - 3.1 SE, so the radius is ~0.97-0.99 d (checked by hand); a true certificate
+    # lies below d (each fails with probability <= alpha), and it is close to d.
+    for seed in range(3):
+        prediction, radius = g.certify(x, n0=100, n=100_000, alpha=0.001, batch_size=50_000, generator=seeded(seed))
+        assert prediction.tolist() == [1]
+        assert 0.9 * d < float(radius[0]) < d
+
+
+def test_clopper_pearson_lower_is_the_one_sided_beta_quantile():
+    for k, n in [(0, 10), (1, 10), (5, 10), (10, 10), (0, 1), (1, 1), (37, 100), (99_990, 100_000)]:
+        for alpha in (0.001, 0.05, 0.3, 0.5, 0.7):
+            expected = 0.0 if k == 0 else stats.beta.ppf(alpha, k, n - k + 1)
+            assert clopper_pearson_lower(k, n, alpha) == pytest.approx(expected, abs=1e-9), (k, n, alpha)
+    assert clopper_pearson_lower(10, 10, 0.001) == pytest.approx(0.001 ** (1 / 10), abs=1e-12)
+    # The bound holds: at p = the bound, seeing >= k successes has probability alpha.
+    assert stats.binom.sf(36, 100, clopper_pearson_lower(37, 100, 0.01)) == pytest.approx(0.01, rel=1e-6)
+
+
+def test_certified_accuracy_by_hand_and_abstains_count_as_wrong():
+    labels = torch.tensor([0, 1, 2, 3, 4])
+    prediction = torch.tensor([0, 1, smoothing.ABSTAIN, 3, 0])
+    radius = torch.tensor([0.0, 0.3, 0.0, 1.0, 2.0], dtype=torch.float64)
+    rows = certified_accuracy(radius, prediction == labels, [0.0, 0.25, 0.5, 1.0, 1.5])
+    # correct: images 0 (r 0), 1 (r 0.3), 3 (r 1.0); image 2 abstained, image 4 is wrong with a large radius.
+    assert [row["accuracy"] for row in rows] == pytest.approx([3 / 5, 2 / 5, 1 / 5, 1 / 5, 0.0])
+    assert [row["radius"] for row in rows] == [0.0, 0.25, 0.5, 1.0, 1.5]
+    assert [row["n"] for row in rows] == [5] * 5
+    assert rows[0]["se"] == pytest.approx(math.sqrt(0.6 * 0.4 / 5)) and rows[-1]["se"] == 0.0
+    assert certified_accuracy([0.5, 0.5], [1, 0], [0.5])[0]["accuracy"] == 0.5  # 0/1 integers work too
+
+
+def test_max_certifiable_radius():
+    for n, alpha, sigma in [(100, 0.001, 0.25), (10_000, 0.01, 0.5), (100_000, 0.001, 0.25)]:
+        via_bound = sigma * stats.norm.ppf(clopper_pearson_lower(n, n, alpha))
+        assert max_certifiable_radius(n, alpha, sigma) == pytest.approx(via_bound, abs=1e-9)
+    # The paper's setting certifies at most 0.953 at sigma = 0.25, enough for radius 0.5; n = 300 is not.
+    assert max_certifiable_radius(100_000, 0.001, 0.25) == pytest.approx(0.9529, abs=1e-4)
+    assert max_certifiable_radius(100_000, 0.001, 0.25) > 0.5
+    assert max_certifiable_radius(300, 0.001, 0.25) < 0.5 < max_certifiable_radius(301, 0.001, 0.25)
+    assert max_certifiable_radius(9, 0.001, 0.25) < 0  # alpha^(1/9) < 1/2: every image abstains
+
+
+def test_bad_input_raises_input_error_with_the_fix():
+    x = torch.rand(2, 1, 4, 4)
+    with pytest.raises(InputError, match="sigma must be a finite noise standard deviation > 0"):
+        SmoothedClassifier(Constant(), sigma=0.0)
+    with pytest.raises(InputError, match="sigma must be"):
+        SmoothedClassifier(Constant(), sigma=-0.25)
+    with pytest.raises(InputError, match="pass num_classes="):
+        SmoothedClassifier(torch.nn.Identity(), sigma=0.25)
+    g = SmoothedClassifier(Constant(), sigma=0.25)
+    with pytest.raises(InputError, match="n0 must be an integer >= 1"):
+        g.certify(x, n0=0, n=10)
+    with pytest.raises(InputError, match="n must be an integer >= 1"):
+        g.certify(x, n0=1, n=0)
+    with pytest.raises(InputError, match="n must be an integer >= 1"):
+        g.predict(x, n=0)
+    for alpha in (0.0, 1.0, 1.5, -0.1):
+        with pytest.raises(InputError, match="alpha must be a failure probability strictly between 0 and 1"):
+            g.certify(x, n0=1, n=10, alpha=alpha)
+        with pytest.raises(InputError, match="alpha must be"):
+            g.predict(x, n=10, alpha=alpha)
+    with pytest.raises(InputError, match=r"images \[B, C, H, W\], got \(1, 4, 4\)"):
+        g.certify(x[0], n0=1, n=10)
+    with pytest.raises(InputError, match="images"):
+        g.counts(torch.rand(4, 16), n=10)
+    with pytest.raises(InputError, match="batch_size must be an integer >= 1"):
+        g.counts(x, n=10, batch_size=0)
+    with pytest.raises(InputError, match="generator must be"):
+        g.counts(x, n=10, generator="seed")
+    with pytest.raises(InputError, match="must return logits"):
+        SmoothedClassifier(Constant(), sigma=0.25, num_classes=3).counts(x, n=2)
+    with pytest.raises(InputError, match="k must be an integer count"):
+        clopper_pearson_lower(11, 10, 0.001)
+    with pytest.raises(InputError, match="correct must have the shape of radii"):
+        certified_accuracy([0.1, 0.2], [True], [0.0])
+
+
+def test_same_generator_seed_same_counts():
+    g = SmoothedClassifier(Threshold(), sigma=0.5)
+    x = torch.tensor([0.45, 0.5, 0.6]).view(3, 1, 1, 1)
+    a = g.counts(x, n=500, batch_size=128, generator=seeded(7))
+    assert torch.equal(a, g.counts(x, n=500, batch_size=128, generator=seeded(7)))
+    assert torch.equal(a, g.counts(x, n=500, batch_size=128, generator=7))  # an int seed is the same
+    assert not torch.equal(a, g.counts(x, n=500, batch_size=128, generator=seeded(8)))
+    assert a.sum(1).tolist() == [500, 500, 500]
+    assert a[0, 0] > a[0, 1] and a[2, 1] > a[2, 0]  # each image's votes are its own, across mixed batches
+    p1, r1 = g.certify(x, n0=20, n=500, batch_size=128, generator=seeded(3))
+    p2, r2 = g.certify(x, n0=20, n=500, batch_size=128, generator=seeded(3))
+    assert torch.equal(p1, p2) and torch.equal(r1, r2)
+
+
+def test_wraps_a_gclib_model_and_restores_its_modes():
+    model = gclib.GenerativeClassifier.from_config("fashion-mnist-small", seed=0)
+    model.train()
+    g = SmoothedClassifier(model, sigma=0.25)
+    assert g.num_classes == 10 and g.device == model.device
+    x = torch.rand(2, 1, 28, 28, generator=seeded(0))
+    prediction, radius = g.certify(x, n0=4, n=16, alpha=0.001, batch_size=8, generator=seeded(1))
+    assert prediction.shape == (2,) and prediction.dtype == torch.long
+    assert radius.shape == (2,) and radius.dtype == torch.float64
+    for cls, r in zip(prediction.tolist(), radius.tolist()):
+        assert (cls == smoothing.ABSTAIN and r == 0.0) or (0 <= cls < 10 and 0.0 <= r <= max_certifiable_radius(
+            16, 0.001, 0.25) + 1e-12)
+    assert model.training and "check_inputs" not in vars(model) and model.check_inputs  # put back as found
