@@ -135,11 +135,6 @@ def _fashion_mnist() -> list[ZooEntry]:
     out.append(ZooEntry("fashion-mnist", "resnet18", "resnet", None, 0, 4,
                         ("--arch", "resnet18", "--stem-stride", "2", "--optimizer", "sgd", "--lr", "0.1",
                          "--weight-decay", "5e-4", "--batch-size", "128"), dtype="float16", config=small))
-    # The ResNet-18 trained longer (issue 14: a DC closer to convergence), the same recipe for 8 epochs. The
-    # chapters still compare with resnet18 (4 epochs); table_models and fig_beta_tradeoff show both.
-    out.append(ZooEntry("fashion-mnist", "resnet18-long", "resnet", None, 0, 8,
-                        ("--arch", "resnet18", "--stem-stride", "2", "--optimizer", "sgd", "--lr", "0.1",
-                         "--weight-decay", "5e-4", "--batch-size", "128"), dtype="float16", config=small))
     # The strong candidates (issue 14): fashion-mnist-large without its Gaussian input noise, which cost
     # 0.9 bits/dim in the recipe ablation (table_recipe_ablation). 10 epochs, one process per CPU core:
     # about 100 minutes each on the 2-core machine with a second run beside it.
