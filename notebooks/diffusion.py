@@ -238,6 +238,7 @@ md = compare_table.to_markdown(index=False)
 with open(f"{figures}/table_diffusion_compare.md", "w") as f:
     f.write(md + "\n")
 compare_table.to_csv(f"{figures}/table_diffusion_compare.csv", index=False)
+glue("table_diffusion_compare", compare_table, display=False)
 display(Markdown(f"On {len(y_t)} test images (the diffusion classifier: {100 * diff_right.mean():.2f} %):\n\n" + md))
 
 cal_rows = [calibration.calibration_row(name, p, labels, n_bootstrap=n_bootstrap) for name, p in probs_sub.items()]
@@ -245,6 +246,8 @@ cal_table = pd.DataFrame(cal_rows)[["model", "n", "accuracy_pct", "accuracy_se",
 md = cal_table.to_markdown(index=False)
 with open(f"{figures}/table_diffusion_calibration.md", "w") as f:
     f.write(md + "\n")
+cal_table.to_csv(f"{figures}/table_diffusion_calibration.csv", index=False)
+glue("table_diffusion_calibration", cal_table, display=False)
 display(Markdown(md))
 for r in compare_rows:
     if "vs" not in r["model"]:
