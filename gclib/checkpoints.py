@@ -38,6 +38,7 @@ __all__ = ["atomic_write_text", "config_name", "environment", "load", "load_into
 
 FORMAT = "gclib-checkpoint"
 FORMAT_VERSION = 1
+ABS_FORMAT = "gclib-abs-checkpoint"  # gclib.abs.FORMAT (kept here so reading a manifest imports no model code)
 _PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")  # pickle protocol 2+ / torch.save's zip container
 
 
@@ -263,7 +264,7 @@ def read_manifest(path: str | os.PathLike) -> dict:
         manifest = json.loads(json_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{json_path} is not valid JSON ({err}); the file is truncated or corrupt") from err
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+    if not isinstance(manifest, dict) or manifest.get("format") not in (FORMAT, ABS_FORMAT):
         raise CheckpointError(f"{json_path} is not a gclib checkpoint manifest (no \"format\": \"{FORMAT}\")")
     manifest["_path"] = str(json_path)
     return manifest
@@ -302,7 +303,7 @@ def _build(manifest: dict):
 
 def config_name(manifest: dict) -> str | None:
     """The name of a manifest's config as today's configs call it (see ``gclib.configs.RENAMED``)."""
-    if "config" not in manifest:
+    if "config" not in manifest or manifest.get("format") == ABS_FORMAT:
         return None
     try:
         return Config.from_dict(manifest["config"]).name
@@ -334,6 +335,12 @@ def load(path: str | os.PathLike, device: str | torch.device | None = None, veri
         expect_config: raise CheckpointError if the checkpoint's config has another name.
     """
     manifest = read_manifest(path)
+    if manifest.get("format") == ABS_FORMAT:  # the ABS family writes its own manifest (gclib.abs.save)
+        from . import abs as abs_family
+
+        if expect_config is not None:
+            raise CheckpointError(f"{manifest['_path']} holds an ABS model, not a {expect_config!r} one")
+        return abs_family.load(path, device=device, verify=verify)
     weights = _verified_weights(manifest, verify)
     name = config_name(manifest)
     if expect_config is not None and name != expect_config:

@@ -9,7 +9,7 @@ corrupted one, is refused; the tests recompute a random sample of every shipped 
 the model and require the same results (``gclib.zoo`` does this for the diffusion family).
 
 >>> sorted(KINDS)
-['errors', 'test']
+['abs-extra', 'abs-ood', 'abs-test', 'errors', 'test']
 """
 
 from __future__ import annotations
@@ -33,6 +33,12 @@ KINDS = {
     "test": "predictions [N] and network evaluations [N] of the model's own (pruned) rule; bits_per_dim [M] "
             "of the first M images",
     "errors": "the full denoising-error matrix [N, C, pairs] on the model's noise bank (every class, every pair)",
+    "abs-test": "an ABS model's rule on the test subset: predictions [N]; per class (at the latents its search "
+                "found) the rule's scores, ABS's own scores and the reconstruction MSE [N, C]; the best loss "
+                "after search steps gclib.zoo.ABS_STEP_MARKS [N, marks, C]",
+    "abs-extra": "bits_per_dim [M] (an upper bound) and ssim_predictions [S] (the SSIM rule) of the first test images",
+    "abs-ood": "for every OoD set of gclib.data.ood (SET.scores, SET.abs_scores, SET.reconstruction_mse, "
+               "SET.loss_by_step), as in abs-test",
 }
 
 

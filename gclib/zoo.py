@@ -110,9 +110,14 @@ class ZooEntry:
     # diffusion family only: the shipped classifier's pruning stages and ELBO bank size (set at publish)
     stages: tuple[tuple[int, int], ...] | None = None
     elbo_pairs: int | None = None
+    # ABS family only: ABSConfig fields of the shipped classifier's inference (set at publish), e.g. n_steps
+    inference: tuple[tuple[str, object], ...] = ()
 
     def command(self, out: str | os.PathLike) -> list[str]:
         """Arguments for ``python`` that train this model into ``out``."""
+        if self.model == "abs":
+            return ["-m", "gclib.abs", "--dataset", self.dataset, "--seed", str(self.seed), "--epochs",
+                    str(self.epochs), *self.extra_args, "--out", str(out)]
         if self.model == "diffusion":
             return ["-m", "gclib.diffusion", "--dataset", self.dataset, "--seed", str(self.seed), "--epochs",
                     str(self.epochs), *self.extra_args, "--out", str(out)]
@@ -286,8 +291,9 @@ def get_model(name: str, dataset: str = "fashion-mnist", *, device=None, root: s
     if name not in shipped:
         raise CheckpointError(f"no shipped model {name!r} for {dataset!r}; shipped: {', '.join(shipped)}")
     model = checkpoints.load(base / dataset / name, device=device, verify=True)
-    config = getattr(model, "config", None)
-    trained_on = dataset_of(config.name) if config is not None else model.manifest["info"].get("dataset", dataset)
+    name_of_config = getattr(getattr(model, "config", None), "name", None)  # IB-INN and ResNet configs only
+    trained_on = (dataset_of(name_of_config) if name_of_config is not None
+                  else model.manifest["info"].get("dataset", dataset))
     if trained_on != dataset:
         raise CheckpointError(f"{base / dataset / name} holds a model for {trained_on!r}, not one for {dataset!r}")
     return model
@@ -358,10 +364,14 @@ def publish(run: str | os.PathLike, name: str, dataset: str = "fashion-mnist",
     from . import data
     from .diffusion import DiffusionClassifier
 
+    from .abs import ABSClassifier
+
     run = Path(run)
     trained = checkpoints.load(run / "final", device="cpu")
     if isinstance(trained, DiffusionClassifier):
         return _publish_diffusion(trained, run, name, dataset, root, test)
+    if isinstance(trained, ABSClassifier):
+        return _publish_abs(trained, run, name, dataset, root, test)
     record = trained.manifest
     dtype = dtype or (entry(dataset, name).dtype if (dataset, name) in ZOO else "float32")
     if dtype not in ("float32", "float16", "bfloat16"):
@@ -390,8 +400,7 @@ def publish(run: str | os.PathLike, name: str, dataset: str = "fashion-mnist",
         info["test"]["torch_threads"] = torch.get_num_threads()
         info["test_subset"] = {**evaluate_model(shipped, ci_subset(test)), "subset_seed": EVAL_SEED}
         _rewrite_info(scratch / name, info)
-        os.replace(scratch / f"{name}.safetensors", dest.with_name(f"{name}.safetensors"))
-        os.replace(scratch / f"{name}.json", dest.with_name(f"{name}.json"))
+        _commit(scratch, name, dest)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return dest.with_name(f"{name}.json")
@@ -500,8 +509,7 @@ def _publish_diffusion(trained, run: Path, name: str, dataset: str, root, test) 
                        stages=info["test"]["stages"], noise_bank_seed=shipped.seed,
                        torch_threads=torch.get_num_threads())
         _rewrite_info(scratch / name, info)
-        os.replace(scratch / f"{name}.safetensors", dest.with_name(f"{name}.safetensors"))
-        os.replace(scratch / f"{name}.json", dest.with_name(f"{name}.json"))
+        _commit(scratch, name, dest)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return dest.with_name(f"{name}.json")
@@ -555,6 +563,216 @@ def _verify_diffusion(model, name: str, dataset: str, root, test, sample: int = 
             "problems": problems}
 
 
+# -- the ABS family ----------------------------------------------------------------------------------------
+# ABS's rule optimises every class's latent per image (hundreds of decoder passes), so its published figures
+# are on the seeded test subset too: the rule's class scores (importance-weighted bound), ABS's own scores
+# and every class decoder's reconstruction error on ABS_TEST_N images (accuracy after each search step of
+# ABS_STEP_MARKS too), the bits/dim bound of the first ABS_BPD_N, the SSIM rule on the first ABS_SSIM_N,
+# and the reconstruction errors of ABS_OOD_N images of every gclib.data OoD set. The tests recompute
+# ABS_CHECK_N random images of the test artifact and one of each of the others.
+ABS_TEST_N, ABS_BPD_N, ABS_SSIM_N, ABS_OOD_N, ABS_CHECK_N = 1000, 100, 200, 100, 4
+ABS_STEP_MARKS = (0, 1, 2, 5, 10, 20, 30, 50)
+ABS_RTOL = 1e-3  # the search is 50 Adam steps: another batch composition rounds differently along the path
+
+
+def _abs_outputs(model, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """One search per (image, class): the rule's scores, ABS's scores, reconstruction MSE, best loss by step."""
+    found = model.infer(x)
+    bound = model._bound(x, found.z) if model.config.score == "bound" else -found.loss
+    mse = (x[:, None] - torch.sigmoid(found.logits)).square().flatten(2).mean(2)
+    marks = [m for m in ABS_STEP_MARKS if m < len(found.history)]
+    return {"scores": bound, "abs_scores": -found.loss, "reconstruction_mse": mse,
+            "loss_by_step": found.history[marks].permute(1, 0, 2).contiguous()}
+
+
+def _abs_batches(model, x: torch.Tensor, batch: int, desc: str, progress: bool) -> dict[str, torch.Tensor]:
+    from tqdm import tqdm
+
+    parts = [_abs_outputs(model, x[s:s + batch]) for s in
+             tqdm(range(0, len(x), batch), desc=desc, disable=not progress, unit="batch")]
+    return {k: torch.cat([p[k] for p in parts]).float() for k in parts[0]} if parts else {}
+
+
+def _abs_variant(model, **changes):
+    """The same weights under other ABSConfig settings (similarity, steps, ...)."""
+    from .abs import ABSClassifier
+
+    other = ABSClassifier(model.config.replace(**changes)).to(model.device)
+    # prior_z and bound_eps are drawn from the config's seed and sizes: the new config's own
+    state = {k: v for k, v in model.state_dict().items() if k not in ("prior_z", "bound_eps")}
+    other.load_state_dict(state, strict=False)
+    other.manifest = getattr(model, "manifest", None)
+    return other.eval()
+
+
+@torch.no_grad()
+def evaluate_abs(model, test, n: int | None = None, n_bpd: int | None = None, n_ssim: int | None = None,
+                 n_ood: int | None = None, batch: int = 50, progress: bool = True
+                 ) -> tuple[dict, dict[str, dict[str, torch.Tensor]]]:
+    """The published figures of an ABS classifier on the seeded test subset, and its per-image artifacts.
+
+    Accuracy of its rule on ``n`` images (binomial SE, ms per image on this machine's threads), the
+    accuracy of ABS's own score and of the best-reconstruction (MSE) rule on the same images, the bits/dim
+    bound of the first ``n_bpd`` (at gclib's evaluation point), the SSIM rule on the first ``n_ssim``, and
+    the reconstruction errors of ``n_ood`` images of every OoD set. Returns ``(record, artifacts)``.
+    """
+    import time
+
+    from . import data
+    from .model import evaluation_point, nats_to_bits_per_dim
+
+    n = min(ABS_TEST_N if n is None else n, len(test))  # defaults read at call time (the tests shrink them)
+    n_bpd, n_ssim = min(ABS_BPD_N if n_bpd is None else n_bpd, n), min(ABS_SSIM_N if n_ssim is None else n_ssim, n)
+    n_ood = ABS_OOD_N if n_ood is None else n_ood
+    index = _test_index(len(test), n)
+    x, y = test.batch(index)
+    model.eval()
+    model._prior_bank()  # decoded once per model; not part of the per-image time
+    start = time.perf_counter()
+    out = _abs_batches(model, x, batch, "ABS rule", progress)
+    seconds = time.perf_counter() - start
+    pred = (out["scores"] + model.log_prior.float()).argmax(1)
+    correct = int((pred == y).sum())
+    acc = correct / n
+
+    def rate(hit: torch.Tensor) -> dict:
+        a = float(hit.double().mean())
+        return {"correct": int(hit.sum()), "accuracy": a, "accuracy_se": math.sqrt(a * (1 - a) / len(hit))}
+
+    point = evaluation_point(x[:n_bpd], "seeded", EVAL_SEED)
+    lpx = torch.cat([model.log_px(point[s:s + batch]) for s in range(0, n_bpd, batch)])
+    bpd = nats_to_bits_per_dim(lpx, math.prod(model.input_shape)).double()
+    ssim_model = _abs_variant(model, similarity="ssim")
+    ssim_pred = torch.cat([ssim_model.predict(x[s:min(s + batch, n_ssim)]) for s in range(0, n_ssim, batch)])
+    ood = {}
+    for set_name in data.ood_names():
+        xo = data.ood(set_name, n_ood, tuple(model.input_shape), seed=EVAL_SEED)
+        for k, v in _abs_batches(model, xo, batch, f"OoD {set_name}", progress).items():
+            ood[f"{set_name}.{k}"] = v
+    steps_acc = [float((out["loss_by_step"][:, i].argmin(1) == y).double().mean())
+                 for i in range(out["loss_by_step"].shape[1])]
+    record = {
+        "n": n, "correct": correct, "accuracy": acc, "accuracy_se": math.sqrt(acc * (1 - acc) / n),
+        "subset_seed": EVAL_SEED, "rule": f"{model.config.score} scores, {model.config.similarity} similarity",
+        "inference": {k: getattr(model.config, k) for k in ("n_prior_samples", "n_steps", "step_lr", "latent_clip",
+                                                            "start", "score", "n_bound_samples", "similarity")},
+        "evaluations_per_image": model.evaluations_per_image, "cache_evaluations": model.cache_evaluations,
+        "ms_per_image": round(1000 * seconds / n, 1), "torch_threads": torch.get_num_threads(),
+        "abs_score": rate(out["abs_scores"].argmax(1) == y),
+        "reconstruction_rule": rate(out["reconstruction_mse"].argmin(1) == y),
+        "accuracy_by_step": dict(zip([str(m) for m in ABS_STEP_MARKS], steps_acc)),
+        "ssim": {"n": n_ssim, **rate(ssim_pred == y[:n_ssim])},
+        "bits_per_dim": float(bpd.mean()), "bits_per_dim_se": float(bpd.std() / math.sqrt(len(bpd)))
+        if len(bpd) > 1 else math.nan, "bits_per_dim_n": len(bpd),
+        "bits_per_dim_kind": f"upper bound (importance-weighted, K = {model.config.n_bound_samples})",
+        "ood_n": n_ood, "ood_sets": data.ood_names(),
+    }
+    artifacts = {
+        "abs-test": {"indices": index, "labels": y, "predictions": pred, **out},
+        "abs-extra": {"indices": index[:max(n_bpd, n_ssim)], "labels": y[:max(n_bpd, n_ssim)],
+                      "bits_per_dim": bpd.float(), "ssim_predictions": ssim_pred},
+        "abs-ood": ood,
+    }
+    return record, artifacts
+
+
+def _publish_abs(trained, run: Path, name: str, dataset: str, root, test) -> Path:
+    """publish() for the ABS family: the entry's inference settings, figures on seeded subsets, per-image
+    artifacts in ``checkpoints/<dataset>/evals/``."""
+    from . import abs as abs_family
+    from . import data, evals
+
+    e = ZOO.get((dataset, name))
+    model = _abs_variant(trained, **dict(e.inference)) if e is not None and e.inference else trained
+    dest = Path(root or checkpoint_root()) / dataset / name
+    info = dict(trained.manifest["info"])
+    info.update(family="abs", dataset=dataset, zoo_name=name, history=read_history(run),
+                parameters=sum(p.numel() for p in model.parameters() if p.requires_grad))
+    if e is not None:
+        info["train_command"] = "python " + " ".join(e.command("OUT"))
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".publish-{name}.", dir=dest.parent))
+    try:
+        abs_family.save(model, scratch / name, **info)
+        shipped = checkpoints.load(scratch / name, device="cpu")
+        sha = shipped.manifest["sha256"]
+        if test is None:
+            test = data.load(dataset)[2]
+        info["test"], artifacts = evaluate_abs(shipped, test)
+        for kind, tensors in artifacts.items():
+            inputs = ({"ood_sets": data.ood_names(), "n_per_set": info["test"]["ood_n"], "seed": EVAL_SEED}
+                      if kind == "abs-ood"
+                      else {"dataset": dataset, "split": "test", "subset_seed": EVAL_SEED, "n": len(tensors["indices"])})
+            evals.save(evals.path_of(name, kind, dataset, root), tensors, model_sha256=sha, inputs=inputs, model=name,
+                       what=evals.KINDS[kind], inference=info["test"]["inference"],
+                       torch_threads=torch.get_num_threads())
+        _rewrite_info(scratch / name, info)
+        _commit(scratch, name, dest)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return dest.with_name(f"{name}.json")
+
+
+@torch.no_grad()
+def _verify_abs(model, name: str, dataset: str, root, test, sample: int | None = None, seed: int | None = None) -> dict:
+    """Recompute a random sample of an ABS model's shipped per-image results and compare (scores to
+    ``ABS_RTOL``; a prediction must agree unless its two best classes are closer than that)."""
+    import random
+
+    from . import data, evals
+
+    sha = model.manifest["sha256"]
+    record = model.manifest["info"].get("test", {})
+    t, _ = evals.load(evals.path_of(name, "abs-test", dataset, root), model_sha256=sha)
+    extra, _ = evals.load(evals.path_of(name, "abs-extra", dataset, root), model_sha256=sha)
+    ood, _ = evals.load(evals.path_of(name, "abs-ood", dataset, root), model_sha256=sha)
+    seed = random.SystemRandom().randrange(2**31) if seed is None else seed
+    g = torch.Generator().manual_seed(seed)
+    problems = []
+    n = len(t["indices"])
+    if not torch.equal(t["indices"], _test_index(len(test), n)) or not torch.equal(t["labels"], test.labels[t["indices"]]):
+        problems.append("the artifact's images are not the seeded test subset it names")
+    correct = int((t["predictions"] == t["labels"]).sum())
+    if (record.get("n"), record.get("correct")) != (n, correct):
+        problems.append(f"manifest n={record.get('n')}, correct={record.get('correct')}; artifact {n}, {correct}")
+
+    def compare(what: str, got: dict, shipped: dict, rows: torch.Tensor) -> None:
+        for key in ("scores", "abs_scores", "reconstruction_mse"):
+            a, b = got[key], shipped[key][rows]
+            if not torch.allclose(a, b, rtol=ABS_RTOL, atol=1e-5):
+                problems.append(f"{what} {rows.tolist()}: {key} differs by up to {float((a - b).abs().max()):.3e}")
+        top2 = shipped["scores"][rows].topk(2, 1).values
+        clear = (top2[:, 0] - top2[:, 1]) > ABS_RTOL * top2[:, 0].abs()
+        if not torch.equal(got["scores"].argmax(1)[clear], shipped["scores"][rows].argmax(1)[clear]):
+            problems.append(f"{what} {rows.tolist()}: another best class")
+
+    pick = torch.randperm(n, generator=g)[:ABS_CHECK_N if sample is None else sample]
+    compare("test images", _abs_outputs(model, test.batch(t["indices"][pick])[0]), t, pick)
+    if not torch.equal(t["predictions"], (t["scores"] + model.log_prior.float()).argmax(1)):
+        problems.append("the shipped predictions are not the argmax of the shipped scores")
+    set_name = data.ood_names()[int(torch.randint(len(data.ood_names()), (1,), generator=g))]
+    n_ood = len(ood[f"{set_name}.scores"])
+    xo = data.ood(set_name, n_ood, tuple(model.input_shape), seed=EVAL_SEED)
+    row = torch.randint(n_ood, (1,), generator=g)
+    compare(f"OoD {set_name} images", _abs_outputs(model, xo[row]),
+            {k.split(".", 1)[1]: v for k, v in ood.items() if k.startswith(set_name + ".")}, row)
+    row = torch.randint(len(extra["ssim_predictions"]), (1,), generator=g)
+    x1 = test.batch(extra["indices"][row])[0]
+    if not torch.equal(_abs_variant(model, similarity="ssim").predict(x1), extra["ssim_predictions"][row]):
+        problems.append(f"SSIM rule on test image {extra['indices'][row].tolist()}: another prediction")
+    if not math.isclose(float(extra["bits_per_dim"].double().mean()), record.get("bits_per_dim", math.nan), rel_tol=1e-6):
+        problems.append("the manifest's bits/dim is not the artifact's mean")
+    return {"manifest": record, "measured": {"n": n, "correct": correct, "sample_seed": seed, "checked": pick.numel()},
+            "problems": problems}
+
+
+def _commit(scratch: Path, name: str, dest: Path) -> None:
+    """Move a published model from its scratch folder into place: the weights, then (the commit point) the
+    manifest, so an interrupted publish leaves the old model intact."""
+    os.replace(scratch / f"{name}.safetensors", dest.with_name(f"{name}.safetensors"))
+    os.replace(scratch / f"{name}.json", dest.with_name(f"{name}.json"))
+
+
 def _rewrite_info(dest: Path, info: dict) -> Path:
     json_path = dest.with_name(dest.name + ".json")
     manifest = json.loads(json_path.read_text())
@@ -578,6 +796,8 @@ def verify(name: str, dataset: str = "fashion-mnist", root: str | os.PathLike | 
         test = data.load(dataset)[2]
     if model.manifest.get("kind") == "diffusion":  # a random sample of its shipped per-image results
         return _verify_diffusion(model, name, dataset, root, test)
+    if model.manifest.get("kind") == "abs":
+        return _verify_abs(model, name, dataset, root, test)
     key = "test_subset" if subset else "test"
     if subset and key not in model.manifest["info"]:
         raise CheckpointError(f"{name} has no test_subset record: run python -m gclib.zoo reevaluate --subset {name}")
@@ -651,7 +871,7 @@ def model_rows(dataset: str = "fashion-mnist", root: str | os.PathLike | None = 
                                   f"python -m gclib.zoo publish {name} --run RUN_DIR")
         rows.append({
             "name": name,
-            "model": {"generative": "GC", "diffusion": "diffusion"}.get(manifest["kind"])
+            "model": {"generative": "GC", "diffusion": "diffusion", "abs": "ABS"}.get(manifest["kind"])
             or manifest.get("feedforward", {}).get("arch", "DC"),
             "family": _family(manifest),
             "config": checkpoints.config_name(manifest) or "",  # "": a family without a gclib config
@@ -715,7 +935,7 @@ def table_rows(rows: list[dict]) -> list[dict]:
 
     def order(r):  # IB-INN GCs first (the small zoo, the default config, the other variants), the other GC
         kind = variant(config_of(r))  # families, then the DCs
-        family = {"GC": 0, "diffusion": 1}.get(r["model"], 2)
+        family = {"GC": 0, "diffusion": 1, "ABS": 2}.get(r["model"], 3)
         return family, variant_rank(kind), kind, _beta_key(r["beta"]), r.get("name", "")
 
     released = sorted((r for r in rows if r["seed"] == 0), key=order)
@@ -733,9 +953,11 @@ def table_rows(rows: list[dict]) -> list[dict]:
             label = "GC (IB-INN)" + (f", {variant(config_of(r))}" if variant(config_of(r)) else "")
         elif r["model"] == "diffusion":
             label = "GC (diffusion, Li et al.'s rule)"
+        elif r["model"] == "ABS":
+            label = "GC (ABS, a VAE per class)"
         else:
             label = f"DC ({r['model']}{', ' + other if other else ''})"
-        generative = r["model"] in ("GC", "diffusion")
+        generative = r["model"] in ("GC", "diffusion", "ABS")
         row = {
             "model": label,
             "beta": r["beta"] if r["model"] == "GC" else "",
@@ -765,7 +987,7 @@ def table_rows(rows: list[dict]) -> list[dict]:
             "warm_start": f"{r['init_from']} + {r['epochs']} epochs" if r.get("init_from") else "",
             "config": config_of(r),
             "paper_imagenet_top1_pct": PAPER_IMAGENET_TOP1.get(r["beta"], "") if r["model"] == "GC"
-            else "" if r["model"] == "diffusion" else PAPER_IMAGENET_TOP1["resnet"],
+            else "" if r["model"] in ("diffusion", "ABS") else PAPER_IMAGENET_TOP1["resnet"],
             "paper_equivalent_beta": _paper_beta(r["beta"]) if r["model"] == "GC" else "",
             "paper_imagenet_top1_equivalent_pct": PAPER_IMAGENET_TOP1.get(_paper_beta(r["beta"]), "")
             if r["model"] == "GC" else "",

@@ -387,3 +387,40 @@ def test_save_load_round_trip_gives_identical_scores(tmp_path):
         load(path)
     with pytest.raises(CheckpointError):
         load(tmp_path / "missing")
+
+
+def test_publish_verify_and_artifacts_of_an_abs_model(tmp_path, fashion, monkeypatch):
+    """zoo.publish ships an ABS model with its per-image artifacts; verify recomputes a sample and catches a
+    tampered artifact; gclib.load, get_model, list_models and table_models know the family."""
+    import gclib
+    from gclib import evals, zoo
+
+    train, _, test = fashion
+    test = test.subset(16, seed=3)
+    for name, value in (("ABS_TEST_N", 16), ("ABS_BPD_N", 4), ("ABS_SSIM_N", 3), ("ABS_OOD_N", 3), ("ABS_CHECK_N", 2)):
+        monkeypatch.setattr(zoo, name, value)
+    model = ABSClassifier(ABSConfig(width=4, n_prior_samples=32, n_steps=2, n_bound_samples=2), seed=0)
+    fit(model, train.subset(64, 0), None, epochs=1, batch_size=32, out=tmp_path / "run", progress=False, device="cpu")
+    assert isinstance(gclib.load(tmp_path / "run" / "final"), ABSClassifier)
+    root = tmp_path / "ckpt"
+    path = zoo.publish(tmp_path / "run", "tiny-abs", root=root, test=test)
+    manifest = json.loads(path.read_text())
+    record = manifest["info"]["test"]
+    assert (record["n"], record["bits_per_dim_n"], record["ssim"]["n"], record["ood_n"]) == (16, 4, 3, 3)
+    assert record["evaluations_per_image"] == 10 * (2 + 1 + 2) and record["bits_per_dim_kind"].startswith("upper")
+    assert list(record["accuracy_by_step"]) == ["0", "1", "2"]
+    t, art = evals.load(evals.path_of("tiny-abs", "abs-test", root=root), model_sha256=manifest["sha256"])
+    assert int((t["predictions"] == t["labels"]).sum()) == record["correct"]
+    assert t["reconstruction_mse"].shape == (16, 10) and (t["reconstruction_mse"] >= 0).all()
+    ood, _ = evals.load(evals.path_of("tiny-abs", "abs-ood", root=root))
+    assert ood["digits.scores"].shape == (3, 10)
+    result = zoo.verify("tiny-abs", root=root, test=test)
+    assert zoo._mismatches(result) == [] and result["measured"]["checked"] == 2, result
+    assert zoo.list_models(root=root, family="abs") == ["tiny-abs"]
+    assert isinstance(zoo.get_model("tiny-abs", root=root), ABSClassifier)
+    (row,) = zoo.table_rows(zoo.model_rows(root=root))
+    assert row["model"].startswith("GC (ABS") and row["n_test"] == 16 and row["evaluations_per_image"] == 50
+    t["scores"] = t["scores"].flip(1).contiguous()  # a tampered artifact (stored with the right hashes) fails verification
+    evals.save(evals.path_of("tiny-abs", "abs-test", root=root), t, model_sha256=art["model_sha256"],
+               inputs=art["inputs"])
+    assert zoo._mismatches(zoo.verify("tiny-abs", root=root, test=test))
