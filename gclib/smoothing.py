@@ -48,7 +48,8 @@ from torch import Tensor
 
 from .errors import InputError, check_batch, check_batch_size
 
-__all__ = ["ABSTAIN", "SmoothedClassifier", "certified_accuracy", "clopper_pearson_lower", "max_certifiable_radius"]
+__all__ = ["ABSTAIN", "SmoothedClassifier", "certificates", "certified_accuracy", "clopper_pearson_lower",
+           "max_certifiable_radius", "seeded_votes"]
 
 ABSTAIN = -1
 
@@ -285,20 +286,56 @@ class SmoothedClassifier(torch.nn.Module):
         1 - alpha per image, g predicts that class everywhere in the ball. The radius is at most
         :func:`max_certifiable_radius` (n, alpha, sigma), whatever the base.
         """
-        from scipy import stats
-
         n0, n, alpha = _check_count("n0", n0), _check_count("n", n), _check_alpha(alpha)
-        guess = self.counts(x, n0, batch_size, generator).argmax(1)
-        votes = self.counts(x, n, batch_size, generator).gather(1, guess[:, None])[:, 0]
-        prediction = torch.full_like(guess, ABSTAIN)
-        radius = torch.zeros(guess.shape[0], dtype=torch.float64)
-        for i, (cls, k) in enumerate(zip(guess.tolist(), votes.tolist())):
-            p_lower = clopper_pearson_lower(k, n, alpha)
-            if p_lower >= 0.5:
-                prediction[i] = cls
-                radius[i] = self.sigma * float(stats.norm.ppf(p_lower))
-        return prediction, radius
+        counts0 = self.counts(x, n0, batch_size, generator)
+        return certificates(counts0, self.counts(x, n, batch_size, generator), n, alpha, self.sigma)
 
     def forward(self, x: Tensor) -> Tensor:
         """:meth:`predict` with its defaults (n = 100,000, alpha = 0.001): classes [B], -1 for abstain; not logits."""
         return self.predict(x)
+
+
+# -- votes that can be recomputed one image at a time ----------------------------------------------
+def seeded_votes(smoothed: SmoothedClassifier, x: Tensor, ids, n0: int = 100, n: int = 100_000, seed: int = 0,
+                 batch_size: int = 1000, progress: bool = False) -> tuple[Tensor, Tensor]:
+    """CERTIFY's two vote counts per image, ``(counts0 [B, K], counts [B, K])`` int64, with noise seeded per image.
+
+    Image i's noise comes from a generator seeded by ``(seed, ids[i])`` (e.g. its index in the dataset), its
+    n0 guessing votes first, then its n counting votes, classified ``batch_size`` at a time, one image per
+    call: so one image's votes are the same whichever images are counted with it, and a shipped result can
+    be checked by recounting a sample. :func:`certificates` turns the counts into CERTIFY's output.
+    """
+    from tqdm import tqdm
+
+    ids = [int(i) for i in torch.as_tensor(ids).reshape(-1).tolist()]
+    if len(ids) != len(x):
+        raise InputError(f"ids must give one id per image: {len(ids)} ids for {len(x)} images")
+    device = smoothed.device if smoothed.device is not None else x.device
+    first, second = [], []
+    for i, image_id in enumerate(tqdm(ids, desc=f"votes, sigma {smoothed.sigma:g}", disable=not progress)):
+        g = torch.Generator(device=device).manual_seed(int(seed) * 1_000_003 + image_id)
+        first.append(smoothed.counts(x[i:i + 1], n0, batch_size, g))
+        second.append(smoothed.counts(x[i:i + 1], n, batch_size, g))
+    return torch.cat(first), torch.cat(second)
+
+
+def certificates(counts0: Tensor, counts: Tensor, n: int, alpha: float, sigma: float) -> tuple[Tensor, Tensor]:
+    """CERTIFY from vote counts: ``(prediction [B], radius [B])`` as :meth:`SmoothedClassifier.certify` gives
+    them (the class with most of the ``counts0`` votes; its count among the n ``counts`` votes; radius
+    sigma * Phi^-1(p_lower), or :data:`ABSTAIN` and 0.0 where p_lower < 1/2)."""
+    from scipy import stats
+
+    n, alpha, sigma = _check_count("n", n), _check_alpha(alpha), _check_sigma(sigma)
+    counts0, counts = torch.as_tensor(counts0), torch.as_tensor(counts)
+    if counts0.shape != counts.shape or counts.dim() != 2:
+        raise InputError(f"counts0 and counts must both be [B, K], got {tuple(counts0.shape)} and {tuple(counts.shape)}")
+    guess = counts0.argmax(1)
+    votes = counts.gather(1, guess[:, None])[:, 0]
+    prediction = torch.full_like(guess, ABSTAIN)
+    radius = torch.zeros(guess.shape[0], dtype=torch.float64)
+    for i, (cls, k) in enumerate(zip(guess.tolist(), votes.tolist())):
+        p_lower = clopper_pearson_lower(k, n, alpha)
+        if p_lower >= 0.5:
+            prediction[i] = cls
+            radius[i] = sigma * float(stats.norm.ppf(p_lower))
+    return prediction, radius

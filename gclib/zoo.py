@@ -112,6 +112,8 @@ class ZooEntry:
     elbo_pairs: int | None = None
     # ABS family only: ABSConfig fields of the shipped classifier's inference (set at publish), e.g. n_steps
     inference: tuple[tuple[str, object], ...] = ()
+    # randomized smoothing's base models only: the sigma publish certifies them at (their training noise)
+    certify_sigma: float | None = None
 
     def command(self, out: str | os.PathLike) -> list[str]:
         """Arguments for ``python`` that train this model into ``out``."""
@@ -155,7 +157,29 @@ def _fashion_mnist() -> list[ZooEntry]:
     # shows the alternatives, from the shipped error matrix.
     out.append(ZooEntry("fashion-mnist", "diffusion-unet32", "diffusion", None, 0, 10,
                         ("--lr", "1e-3", "--class-dropout", "0"), stages=DIFFUSION_STAGES, elbo_pairs=100))
+    # The ABS model (issue 16): a VAE per class (latent 8, width 32, ABS's architecture), maximum ELBO with a
+    # Gaussian likelihood of sigma 0.1, 20 epochs on one CPU core; ABS's inference (8,000 cached prior samples,
+    # 50 Adam steps on each class's latent, the importance-weighted bound with K = 8 at the latent found).
+    out.append(ZooEntry("fashion-mnist", "abs-vae8", "abs", None, 0, 20))
+    # Base models for randomized smoothing (Cohen et al. train the base with the noise it is certified at):
+    # the small zoo's GC (beta = 8) and its discriminative counterpart (beta = inf, the same flow trained with
+    # cross-entropy only) fine-tuned 3 epochs with Gaussian input noise of each sigma, from the shipped models.
+    out += [ZooEntry("fashion-mnist", smoothing_name(b, sd), "gc", b, 0, 3,
+                     ("--input-noise", sd, "--lr", "1e-3", "--init-from", f"checkpoints/fashion-mnist/gc-beta-{b}"),
+                     config=small, certify_sigma=float(sd)) for b in SMOOTHING_BETAS for sd in SMOOTHING_SIGMAS]
     return out
+
+
+SMOOTHING_BETAS, SMOOTHING_SIGMAS = ("8", "inf"), ("0.12", "0.25", "0.5")
+# Certification (gclib.smoothing, Cohen et al.'s CERTIFY) of the smoothing base models at publish, on the
+# first CERTIFY_N images of the seeded test subset: n0 votes to guess, n to count, level alpha. The votes ship
+# as an evaluation artifact; the tests recount CERTIFY_CHECK_N random images exactly (per-image seeded noise).
+CERTIFY_N, CERTIFY_N0, CERTIFY_SAMPLES, CERTIFY_ALPHA, CERTIFY_CHECK_N = 200, 100, 1000, 0.001, 2
+
+
+def smoothing_name(beta: str, sigma: str) -> str:
+    """Zoo name of a smoothing base model: ``smoothing_name("8", "0.25") == "gc-sigma-0.25-beta-8"``."""
+    return f"gc-sigma-{sigma}-beta-{beta}"
 
 
 DIFFUSION_STAGES = ((10, 2), (60, 1))
@@ -399,6 +423,15 @@ def publish(run: str | os.PathLike, name: str, dataset: str = "fashion-mnist",
         info["test"] = evaluate_model(shipped, test)
         info["test"]["torch_threads"] = torch.get_num_threads()
         info["test_subset"] = {**evaluate_model(shipped, ci_subset(test)), "subset_seed": EVAL_SEED}
+        e = ZOO.get((dataset, name))
+        if e is not None and e.certify_sigma:  # a smoothing base model: its certificates, votes shipped
+            from . import evals
+
+            info["certified"], votes = evaluate_certified(shipped, test, e.certify_sigma)
+            evals.save(evals.path_of(name, "certify", dataset, root), votes, model_sha256=shipped.manifest["sha256"],
+                       inputs={"dataset": dataset, "split": "test", "subset_seed": EVAL_SEED, "n": len(votes["indices"])},
+                       model=name, what=evals.KINDS["certify"], **{k: info["certified"][k] for k in
+                                                                   ("sigma", "n0", "n_samples", "alpha", "noise_seed")})
         _rewrite_info(scratch / name, info)
         _commit(scratch, name, dest)
     finally:
@@ -561,6 +594,65 @@ def _verify_diffusion(model, name: str, dataset: str, root, test, sample: int = 
         problems.append("the manifest's bits/dim is not the artifact's mean")
     return {"manifest": record, "measured": {"n": n, "correct": correct, "sample_seed": seed, "checked": pick.numel()},
             "problems": problems}
+
+
+# -- randomized smoothing's base models -------------------------------------------------------------------
+CERTIFY_RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+@torch.no_grad()
+def evaluate_certified(model, test, sigma: float, n: int | None = None, progress: bool = True
+                       ) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Cohen et al.'s CERTIFY for ``model`` smoothed at ``sigma`` on the first ``n`` (default CERTIFY_N) images
+    of the seeded test subset, with CERTIFY_N0 / CERTIFY_SAMPLES votes at level CERTIFY_ALPHA and per-image
+    seeded noise (:func:`gclib.smoothing.seeded_votes`). Returns ``(record, votes artifact)``."""
+    import time
+
+    from .smoothing import SmoothedClassifier, certificates, certified_accuracy, max_certifiable_radius, seeded_votes
+
+    n = min(CERTIFY_N if n is None else n, len(test))
+    index = _test_index(len(test), n)
+    x, y = test.batch(index)
+    smoothed = SmoothedClassifier(model, sigma)
+    start = time.perf_counter()
+    counts0, counts = seeded_votes(smoothed, x, index, CERTIFY_N0, CERTIFY_SAMPLES, seed=EVAL_SEED, progress=progress)
+    seconds = time.perf_counter() - start
+    pred, radius = certificates(counts0, counts, CERTIFY_SAMPLES, CERTIFY_ALPHA, sigma)
+    base_right = torch.cat([model.predict(x[s:s + EVAL_BATCH]) for s in range(0, n, EVAL_BATCH)]) == y
+    record = {"n": n, "subset_seed": EVAL_SEED, "sigma": sigma, "n0": CERTIFY_N0, "n_samples": CERTIFY_SAMPLES,
+              "alpha": CERTIFY_ALPHA, "noise_seed": EVAL_SEED,
+              "max_certifiable_radius": max_certifiable_radius(CERTIFY_SAMPLES, CERTIFY_ALPHA, sigma),
+              "abstained": int((pred == -1).sum()), "correct": int((pred == y).sum()),
+              "base_correct_clean": int(base_right.sum()),
+              "certified_accuracy": certified_accuracy(radius, pred == y, CERTIFY_RADII),
+              "ms_per_image": round(1000 * seconds / n, 1), "torch_threads": torch.get_num_threads()}
+    return record, {"indices": index, "labels": y, "counts0": counts0, "counts": counts}
+
+
+def _verify_certified(model, name: str, dataset: str, root, test, e: ZooEntry, seed: int | None = None) -> list[str]:
+    """Recount CERTIFY_CHECK_N random images of a smoothing base model's shipped votes (exactly) and check the
+    manifest's certificates against the votes."""
+    import random
+
+    from . import evals
+    from .smoothing import SmoothedClassifier, certificates, seeded_votes
+
+    v, art = evals.load(evals.path_of(name, "certify", dataset, root), model_sha256=model.manifest["sha256"])
+    record = model.manifest["info"].get("certified", {})
+    problems = []
+    if not torch.equal(v["indices"], _test_index(len(test), len(v["indices"]))):
+        problems.append("the votes' images are not the seeded test subset they name")
+    pred, _ = certificates(v["counts0"], v["counts"], art["info"]["n_samples"], art["info"]["alpha"], e.certify_sigma)
+    if int((pred == v["labels"]).sum()) != record.get("correct"):
+        problems.append(f"certified correct: manifest {record.get('correct')}, from the votes {int((pred == v['labels']).sum())}")
+    g = torch.Generator().manual_seed(random.SystemRandom().randrange(2**31) if seed is None else seed)
+    pick = torch.randperm(len(v["indices"]), generator=g)[:CERTIFY_CHECK_N]
+    x, _ = test.batch(v["indices"][pick])
+    c0, c = seeded_votes(SmoothedClassifier(model, e.certify_sigma), x, v["indices"][pick], art["info"]["n0"],
+                         art["info"]["n_samples"], seed=art["info"]["noise_seed"])
+    if not (torch.equal(c0, v["counts0"][pick]) and torch.equal(c, v["counts"][pick])):
+        problems.append(f"votes of test images {v['indices'][pick].tolist()} differ from the shipped ones")
+    return problems
 
 
 # -- the ABS family ----------------------------------------------------------------------------------------
@@ -801,8 +893,12 @@ def verify(name: str, dataset: str = "fashion-mnist", root: str | os.PathLike | 
     key = "test_subset" if subset else "test"
     if subset and key not in model.manifest["info"]:
         raise CheckpointError(f"{name} has no test_subset record: run python -m gclib.zoo reevaluate --subset {name}")
-    return {"manifest": model.manifest["info"].get(key, {}),
-            "measured": evaluate_model(model, ci_subset(test) if subset else test)}
+    result = {"manifest": model.manifest["info"].get(key, {}),
+              "measured": evaluate_model(model, ci_subset(test) if subset else test)}
+    e = ZOO.get((dataset, name))
+    if e is not None and e.certify_sigma and "certified" in model.manifest["info"]:
+        result["certify_problems"] = _verify_certified(model, name, dataset, root, test, e)
+    return result
 
 
 def reevaluate(name: str, dataset: str = "fashion-mnist", root: str | os.PathLike | None = None, test=None,
@@ -837,10 +933,10 @@ def reevaluate(name: str, dataset: str = "fashion-mnist", root: str | os.PathLik
 
 
 def _mismatches(result: dict) -> list[str]:
-    if "problems" in result:  # the diffusion family's check (_verify_diffusion)
+    if "problems" in result:  # the diffusion and ABS families' checks (_verify_diffusion, _verify_abs)
         return list(result["problems"])
     want, got = result["manifest"], result["measured"]
-    problems = []
+    problems = list(result.get("certify_problems", []))
     for key in ("n", "correct"):
         if want.get(key) != got[key]:
             problems.append(f"{key}: manifest {want.get(key)}, measured {got[key]}")
@@ -858,13 +954,22 @@ def _mismatches(result: dict) -> list[str]:
 
 
 # -- the table ----------------------------------------------------------------------------------
-def model_rows(dataset: str = "fashion-mnist", root: str | os.PathLike | None = None) -> list[dict]:
-    """One dict per shipped model, read from the manifests (nothing is evaluated)."""
+def model_rows(dataset: str = "fashion-mnist", root: str | os.PathLike | None = None,
+               smoothing_bases: bool = False) -> list[dict]:
+    """One dict per shipped model, read from the manifests (nothing is evaluated).
+
+    The noise-trained base models of randomized smoothing (``gc-sigma-*``) are left out unless
+    ``smoothing_bases``: they are fine-tunes of small-zoo models for one analysis, not models of the zoo's
+    comparisons (the smoothing chapter lists them).
+    """
     rows = []
     folder = Path(root or checkpoint_root()) / dataset
     for name in available(dataset, root):
         manifest = checkpoints.read_manifest(folder / name)
         info = manifest["info"]
+        entry_ = ZOO.get((dataset, name))
+        if not smoothing_bases and ("certified" in info or (entry_ is not None and entry_.certify_sigma)):
+            continue
         test = info.get("test")
         if not test:
             raise CheckpointError(f"{manifest['_path']} has no test figures; ship models with "

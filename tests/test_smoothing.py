@@ -168,3 +168,56 @@ def test_wraps_a_gclib_model_and_restores_its_modes():
         assert (cls == smoothing.ABSTAIN and r == 0.0) or (0 <= cls < 10 and 0.0 <= r <= max_certifiable_radius(
             16, 0.001, 0.25) + 1e-12)
     assert model.training and "check_inputs" not in vars(model) and model.check_inputs  # put back as found
+
+
+def test_seeded_votes_do_not_depend_on_the_other_images_and_give_certify_s_answer():
+    from gclib.smoothing import certificates, seeded_votes
+
+    torch.manual_seed(0)
+    base = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    smoothed = SmoothedClassifier(base, 0.5, num_classes=3)
+    x = torch.rand(3, 1, 2, 2)
+    c0, c = seeded_votes(smoothed, x, [7, 8, 9], n0=20, n=200, seed=1, batch_size=64)
+    c0_one, c_one = seeded_votes(smoothed, x[1:2], [8], n0=20, n=200, seed=1, batch_size=64)
+    assert torch.equal(c0[1:2], c0_one) and torch.equal(c[1:2], c_one)
+    assert (c0.sum(1) == 20).all() and (c.sum(1) == 200).all()
+    pred, radius = certificates(c0, c, 200, 0.001, 0.5)
+    g = torch.Generator().manual_seed(1 * 1_000_003 + 8)
+    want = smoothed.certify(x[1:2], n0=20, n=200, alpha=0.001, batch_size=64, generator=g)
+    assert pred[1] == want[0][0] and radius[1] == want[1][0]
+    with pytest.raises(InputError, match="one id per image"):
+        seeded_votes(smoothed, x, [1, 2], n0=2, n=2)
+
+
+def test_publish_certifies_a_smoothing_base_and_verify_recounts_its_votes(tmp_path, fashion, monkeypatch):
+    import json
+
+    import gclib
+    from gclib import evals, zoo
+
+    train, val, test = fashion
+    test = test.subset(60, seed=0)
+    entry = zoo.ZooEntry("fashion-mnist", "gc-sigma-0.25-beta-tiny", "gc", "8", 0, 1, ("--input-noise", "0.25"),
+                         config="fashion-mnist-small", certify_sigma=0.25)
+    monkeypatch.setitem(zoo.ZOO, ("fashion-mnist", entry.name), entry)
+    for name, value in (("CERTIFY_N", 5), ("CERTIFY_N0", 10), ("CERTIFY_SAMPLES", 60), ("CERTIFY_CHECK_N", 2),
+                        ("CI_SUBSET", 20)):
+        monkeypatch.setattr(zoo, name, value)
+    model = gclib.GenerativeClassifier.from_config("fashion-mnist-small", seed=0)
+    gclib.train.fit(model, train.subset(128, seed=0), None, beta=8, epochs=1, batch_size=64, input_noise=0.25,
+                    out=tmp_path / "run", progress=False)
+    root = tmp_path / "ckpt"
+    path = zoo.publish(tmp_path / "run", entry.name, root=root, test=test)
+    record = json.loads(path.read_text())["info"]["certified"]
+    assert (record["n"], record["n0"], record["n_samples"], record["sigma"]) == (5, 10, 60, 0.25)
+    assert [r["radius"] for r in record["certified_accuracy"]] == list(zoo.CERTIFY_RADII)
+    assert all(r["accuracy"] == 0 for r in record["certified_accuracy"]
+               if r["radius"] > record["max_certifiable_radius"])
+    result = zoo.verify(entry.name, root=root, test=test)
+    assert result["certify_problems"] == [] and zoo._mismatches(result) == [], result
+    assert zoo.model_rows(root=root) == [] and len(zoo.model_rows(root=root, smoothing_bases=True)) == 1
+    votes, manifest = evals.load(evals.path_of(entry.name, "certify", root=root))
+    votes["counts"] = votes["counts"].roll(1, dims=1).contiguous()  # a tampered artifact fails verification
+    evals.save(evals.path_of(entry.name, "certify", root=root), votes, model_sha256=manifest["model_sha256"],
+               inputs=manifest["inputs"], **manifest["info"])
+    assert zoo._mismatches(zoo.verify(entry.name, root=root, test=test))
