@@ -424,3 +424,15 @@ def test_publish_verify_and_artifacts_of_an_abs_model(tmp_path, fashion, monkeyp
     evals.save(evals.path_of("tiny-abs", "abs-test", root=root), t, model_sha256=art["model_sha256"],
                inputs=art["inputs"])
     assert zoo._mismatches(zoo.verify("tiny-abs", root=root, test=test))
+
+
+def test_command_line_trains_resumes_and_evaluates(tmp_path, capsys):
+    from gclib.abs import main
+
+    args = ["--width", "4", "--latent-dim", "2", "--epochs", "1", "--train-subset", "256", "--max-steps", "2",
+            "--out", str(tmp_path / "run"), "--no-progress", "--device", "cpu"]
+    assert main(args) == 0
+    assert main(args) == 2 and "already holds a training run" in capsys.readouterr().err
+    assert main([*args, "--resume", "--eval-test", "3"]) == 0
+    assert "test accuracy (ABS's rule)" in capsys.readouterr().out
+    assert load(tmp_path / "run" / "final").config.latent_dim == 2

@@ -36,6 +36,9 @@ def test_manifest_records_the_training(name):
     if manifest["kind"] == "diffusion":
         _check_diffusion_manifest(name, manifest)
         return
+    if manifest["kind"] == "abs":
+        _check_abs_manifest(name, manifest)
+        return
     for key in ("beta", "seed", "epochs", "steps", "wall_time_s", "device", "threads", "history", "parameters"):
         assert key in info, f"{name}: manifest lacks {key}"
     env = manifest["environment"]
@@ -76,6 +79,27 @@ def _check_diffusion_manifest(name, manifest):
         assert len(tensors["indices"]) == (test["n"] if kind == "test" else test["errors_n"])
 
 
+def _check_abs_manifest(name, manifest):
+    from gclib import abs as abs_family
+    from gclib import evals
+
+    info, e = manifest["info"], zoo.entry(DATASET, name)
+    args = abs_family._parser().parse_args(e.command("x")[2:])
+    assert (info["epochs"], info["seed"], info["lr"], info["batch_size"], info["beta_kl"]) == (
+        args.epochs, args.seed, args.lr, args.batch_size, args.beta_kl)
+    assert (manifest["config"]["width"], manifest["config"]["latent_dim"], manifest["config"]["sigma"]) == (
+        args.width, args.latent_dim, args.sigma)
+    assert len(info["history"]) == info["epochs"] and info["family"] == "abs"
+    for key, value in e.inference:
+        assert manifest["config"][key] == value
+    test = info["test"]
+    assert (test["n"], test["bits_per_dim_n"], test["ssim"]["n"], test["ood_n"]) == (
+        zoo.ABS_TEST_N, zoo.ABS_BPD_N, zoo.ABS_SSIM_N, zoo.ABS_OOD_N)
+    assert checkpoints.sha256(zoo.checkpoint_root() / DATASET / manifest["weights"]) == manifest["sha256"]
+    for kind in ("abs-test", "abs-extra", "abs-ood"):  # every artifact loads (its sha256 and the model's checked)
+        evals.load(evals.path_of(name, kind, DATASET), model_sha256=manifest["sha256"])
+
+
 # Models above this size are checked on the manifest's fixed test subset (zoo.CI_SUBSET images), exactly;
 # `python -m gclib.zoo verify` checks them on the full test set.
 FULL_TEST_MAX_PARAMETERS = 1_000_000
@@ -88,6 +112,10 @@ def test_shipped_model_reproduces_its_manifest(name, fashion):
     if manifest["kind"] == "diffusion":  # a random sample of its shipped per-image results, recomputed
         result = zoo.verify(name, DATASET, test=fashion[2])
         assert zoo._mismatches(result) == [] and result["measured"]["checked"] == zoo.DIFFUSION_CHECK_N, result
+        return
+    if manifest["kind"] == "abs":
+        result = zoo.verify(name, DATASET, test=fashion[2])
+        assert zoo._mismatches(result) == [] and result["measured"]["checked"] == zoo.ABS_CHECK_N, result
         return
     subset = manifest["info"]["parameters"] > FULL_TEST_MAX_PARAMETERS
     result = zoo.verify(name, DATASET, test=fashion[2], subset=subset)
