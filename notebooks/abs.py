@@ -272,6 +272,7 @@ delta_abs, delta_gc = delta_matrix(abs_scores), delta_matrix(gc_scores)
 off = ~torch.eye(len(classes), dtype=torch.bool)
 print(f"mean off-diagonal gap: ABS {float(delta_abs[off].mean()):.3f} bits/dim, {ibinn} "
       f"{float(delta_gc[off].mean()):.3f} bits/dim")
+glue("abs_ibinn", ibinn, display=False)
 glue("abs_gap_abs", f"{float(delta_abs[off].mean()):.3f}", display=False)
 glue("abs_gap_gc", f"{float(delta_gc[off].mean()):.3f}", display=False)
 
@@ -280,6 +281,7 @@ for ax, mat, title, fmt in ((axes[0][0], matrix, "ABS: decoder's MSE per pixel",
                             (axes[0][1], delta_abs, "ABS: gap to own class (bits/dim)", "{:.2f}"),
                             (axes[0][2], delta_gc, f"{ibinn}: gap (bits/dim)", "{:.2f}")):
     im = ax.imshow(mat.numpy(), cmap="viridis")
+    ax.grid(False)
     ax.set_xticks(range(len(classes)))
     ax.set_yticks(range(len(classes)))
     ax.set_xticklabels(classes, rotation=90, fontsize=6)

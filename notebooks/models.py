@@ -48,7 +48,12 @@ def kind_of(config):
 
 for r in table:
     kind = kind_of(r["config"])
-    key = (f"{kind}_" if kind else "") + (f"beta_{r['beta']}" if r["beta"] != "" else "resnet")
+    if r["beta"] != "":  # an IB-INN: its variant and beta
+        key = (f"{kind}_" if kind else "") + f"beta_{r['beta']}"
+    elif r["model"] == "DC (resnet18)":  # the book's first baseline keeps its old key
+        key = "resnet"
+    else:  # the other families and baselines: their label, e.g. "dc_resnet18_long"
+        key = "".join(ch if ch.isalnum() else "_" for ch in r["model"].lower()).strip("_").replace("__", "_")
     glue(f"acc_{key}", r["test_accuracy_pct"], display=False)
     if r["bits_per_dim"] != "":
         glue(f"bpd_{key}", r["bits_per_dim"], display=False)
