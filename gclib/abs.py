@@ -48,8 +48,16 @@ With ``similarity = "ssim"`` every score is a surrogate. The posterior is ABS's 
 scores; ABS used a scale alpha = 440 on its per-pixel loss (squared error with unit KL weight), which here
 corresponds to ``logit_scale = 2 alpha sigma^2 / D`` for ``"mse"`` (:func:`abs_logit_scale`).
 
-Gradients: z* is treated as a constant (ABS does the same), and the score is differentiable in x at it,
-so ``model(x)`` works with captum and gradient attacks (which then see the gradient at the found latents).
+Gradients: by default z* is treated as a constant (ABS does the same), and the score is differentiable in x
+at it, so ``model(x)`` works with captum and gradient attacks (which then see the gradient at the found
+latents). With ``ABSConfig.unroll`` the gradient also flows *through* the search, d score / d x including
+d z* / d x: the ``n_steps`` Adam updates are then written as differentiable tensor arithmetic (the same
+updates as ``torch.optim.Adam``, with the latent gradient taken with ``create_graph=True``), and only the
+search's discrete choices are constants: the starting prior sample (an argmin over the cached samples) and
+which step was best (the argmin over the steps). That is the adaptive attacker's model of the search (an
+attack through the unrolled optimisation); it costs about twice the search's time per backward pass and
+keeps every step's graph in memory. Values do not change, and without a gradient to x (``torch.no_grad``,
+or an input that does not require grad) the unrolled model runs the ordinary search.
 
 Cost per image (``evaluations_per_image``): C (n_steps + 1) decoder passes (n_steps of them with a
 backward pass to z) plus C K for the bound; the prior samples are decoded once per model (C N passes,
@@ -135,6 +143,10 @@ class ABSConfig:
         n_bound_samples: K draws of the bound.
         logit_scale: factor on the scores in the softmax (1: Bayes' rule).
         seed: seed of the prior samples and the bound's draws (not of the weights).
+        unroll: let gradients to the input flow through the search (d z* / d x, see the module docstring):
+            the Adam steps become differentiable arithmetic whenever the input requires grad; the starting
+            prior sample and the best-step selection stay constants. Scores do not change. Default False
+            (ABS: z* is a constant).
     """
 
     num_classes: int = 10
@@ -155,6 +167,7 @@ class ABSConfig:
     n_bound_samples: int = 8
     logit_scale: float = 1.0
     seed: int = 0
+    unroll: bool = False
 
     def __post_init__(self):
         def integer(name, low):
@@ -180,6 +193,8 @@ class ABSConfig:
             raise ConfigError(f"ABSConfig.start must be one of {', '.join(STARTS)}, got {self.start!r}")
         if self.score not in SCORES:
             raise ConfigError(f"ABSConfig.score must be one of {', '.join(SCORES)}, got {self.score!r}")
+        if not isinstance(self.unroll, bool):
+            raise ConfigError(f"ABSConfig.unroll must be True or False, got {self.unroll!r}")
         f = self.fraction_to_dismiss
         if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 <= f < 1:
             raise ConfigError(f"ABSConfig.fraction_to_dismiss must be in [0, 1), got {f!r}")
@@ -384,6 +399,14 @@ def prior_samples(n: int, dim: int, fraction_to_dismiss: float = 0.1,
     return z[keep]
 
 
+def _call(module: nn.Module, x: Tensor, frozen: bool):
+    """``module(x)``; ``frozen``: with the module's parameters detached (the graph reaches x, not the weights)."""
+    if not frozen:
+        return module(x)
+    params = {name: p.detach() for name, p in module.named_parameters()}
+    return torch.func.functional_call(module, params, (x,))
+
+
 @dataclass
 class Inference:
     """What the latent search found for every (image, class): ``z`` [B, C, d], decoder ``logits`` at z
@@ -474,9 +497,10 @@ class ABSClassifier(nn.Module):
         return x if x.dtype == self._dtype() else x.to(self._dtype())
 
     # -- the search ---------------------------------------------------------------------------------------
-    def decode(self, z: Tensor) -> Tensor:
-        """Decoder logits of every class's latent: z [B, C, d] -> [B, C, ch, H, W]."""
-        return torch.stack([vae.decoder(z[:, c]) for c, vae in enumerate(self.vaes)], 1)
+    def decode(self, z: Tensor, differentiable: bool = False) -> Tensor:
+        """Decoder logits of every class's latent: z [B, C, d] -> [B, C, ch, H, W] (``differentiable``: with the
+        weights as constants, for the unrolled search)."""
+        return torch.stack([_call(vae.decoder, z[:, c], differentiable) for c, vae in enumerate(self.vaes)], 1)
 
     def point_loss(self, x: Tensor, logits: Tensor, z: Tensor) -> Tensor:
         """ABS's per-class loss L_y(x, z) = -log p(x | logits) + ||z||^2 / 2, [B, C]; x [B, ch, H, W]."""
@@ -516,14 +540,20 @@ class ABSClassifier(nn.Module):
         """Where the search starts, [B, C, d] (``ABSConfig.start``): the best cached prior sample of every
         class under the point loss (``"prior"``, ABS's), the class encoder's mean (``"encoder"``), or
         whichever of the two has the lower point loss (``"both"``)."""
+        return self._start(x)
+
+    def _start(self, x: Tensor, differentiable: bool = False) -> Tensor:
+        """:meth:`initial_latents`; ``differentiable``: the encoder's mean keeps its graph to x (the choice of
+        prior sample and of ``"both"``'s winner are constants either way)."""
         start = self.config.start
         if start == "prior":
             return self.best_prior_samples(x)
-        mu = torch.stack([vae.encoder(x)[0] for vae in self.vaes], 1)
+        mu = torch.stack([_call(vae.encoder, x, differentiable)[0] for vae in self.vaes], 1)
         if start == "encoder":
             return mu
         z = self.best_prior_samples(x)
-        better = self.point_loss(x, self.decode(mu), mu) < self.point_loss(x, self.decode(z), z)
+        with torch.no_grad():
+            better = self.point_loss(x, self.decode(mu), mu) < self.point_loss(x, self.decode(z), z)
         return torch.where(better[..., None], mu, z)
 
     @torch.no_grad()
@@ -549,8 +579,13 @@ class ABSClassifier(nn.Module):
 
     def infer(self, x: Tensor) -> Inference:
         """ABS's search for every class's latent (the images are treated as constants): the best prior
-        sample, then ``n_steps`` Adam steps on the point loss, keeping the best point seen."""
+        sample, then ``n_steps`` Adam steps on the point loss, keeping the best point seen.
+
+        With ``ABSConfig.unroll``, grad enabled and an ``x`` that requires grad, the same search as
+        differentiable arithmetic (:meth:`_infer_unrolled`): the returned z, logits and loss depend on x."""
         cfg = self.config
+        if cfg.unroll and torch.is_grad_enabled() and isinstance(x, Tensor) and x.requires_grad:
+            return self._infer_unrolled(x)
         with torch.inference_mode(False), torch.enable_grad():
             x0 = self._check(x).detach().clone()
             z = self.initial_latents(x0).clone().requires_grad_(True)
@@ -581,6 +616,47 @@ class ABSClassifier(nn.Module):
                             z.mul_(torch.clamp(cfg.latent_clip / norm.clamp_min(1e-12), max=1.0))
         return Inference(best_z, best_logits, best_loss, torch.stack(history))
 
+    def _infer_unrolled(self, x: Tensor) -> Inference:
+        """:meth:`infer`'s search with every step differentiable in x (``ABSConfig.unroll``).
+
+        The Adam updates of ``torch.optim.Adam`` (betas 0.9 and 0.999, eps 1e-8, no weight decay) are written
+        out on tensors, with the latent gradient taken with ``create_graph=True``; the norm clipping and the
+        best-so-far selection (``torch.where`` on the losses) are as in :meth:`infer`. Constants: the start
+        (the prior sample is an argmin over the cache; an encoder start keeps its graph) and which step was
+        best. The weights enter as constants, so a backward pass leaves their ``.grad`` alone, as in
+        :meth:`infer`. The path of z is :meth:`infer`'s up to rounding, hence so are the values.
+        """
+        cfg = self.config
+        beta1, beta2, eps = 0.9, 0.999, 1e-8  # torch.optim.Adam's defaults, which infer uses
+        x = self._check(x)
+        z = self._start(x, differentiable=True)
+        if not z.requires_grad:  # the best prior samples: a constant start
+            z = z.detach().clone().requires_grad_(True)
+        tiny = torch.finfo(z.dtype).tiny  # sqrt's derivative at an exactly zero second moment
+        m, v = torch.zeros_like(z), torch.zeros_like(z)
+        best_loss = torch.full(z.shape[:2], math.inf, dtype=z.dtype, device=z.device)
+        best_z, best_logits, history = z, None, []
+        for step in range(cfg.n_steps + 1):
+            logits = self.decode(z, differentiable=True)
+            loss = self.point_loss(x, logits, z)
+            better = loss.detach() < best_loss.detach()
+            best_loss = torch.where(better, loss, best_loss)
+            best_z = torch.where(better[..., None], z, best_z)
+            best_logits = logits if best_logits is None else torch.where(
+                better[..., None, None, None], logits, best_logits)
+            history.append(best_loss.detach())
+            if step == cfg.n_steps:
+                break
+            (grad,) = torch.autograd.grad(loss.sum(), z, create_graph=True)
+            t = step + 1
+            m = m.lerp(grad, 1 - beta1)
+            v = v * beta2 + (1 - beta2) * grad * grad
+            denom = v.clamp_min(tiny).sqrt() / math.sqrt(1 - beta2**t) + eps
+            z = z - (cfg.step_lr / (1 - beta1**t)) * m / denom
+            if cfg.latent_clip is not None:
+                z = z * torch.clamp(cfg.latent_clip / z.norm(dim=-1, keepdim=True).clamp_min(1e-12), max=1.0)
+        return Inference(best_z, best_logits, best_loss, torch.stack(history))
+
     def _bound(self, x: Tensor, z: Tensor) -> Tensor:
         """The importance-weighted bound at q = N(z, diag posterior_std^2), [B, C], differentiable in x."""
         k = len(self.bound_eps)
@@ -588,8 +664,11 @@ class ABSClassifier(nn.Module):
         for c, vae in enumerate(self.vaes):
             std = self.posterior_std[c].to(z.dtype)
             zk = z[None, :, c] + std * self.bound_eps[:, None].to(z.dtype)  # [K, B, d]
-            with torch.no_grad():
-                logits = vae.decoder(zk.flatten(0, 1)).view(k, *x.shape)
+            if z.requires_grad:  # unrolled: z* depends on x, and the decoder passes that on
+                logits = _call(vae.decoder, zk.flatten(0, 1), True).view(k, *x.shape)
+            else:
+                with torch.no_grad():
+                    logits = vae.decoder(zk.flatten(0, 1)).view(k, *x.shape)
             log_w = (log_likelihood(x[None], logits, self.config) + _log_normal(zk)
                      - _log_normal(zk, z[None, :, c], 2 * std.log()))
             scores.append(torch.logsumexp(log_w, 0) - math.log(k))
@@ -731,7 +810,7 @@ def fit(model: ABSClassifier, train, val=None, *, epochs: int = 20, batch_size: 
         beta_kl: float = 1.0, out: str | os.PathLike | None = None, resume: bool = False, seed: int = 0,
         device=None, max_steps: int | None = None, progress: bool = True, checkpoint_every: int | None = None,
         schedule: str = "cosine", grad_clip: float = 10.0, log_every: int = 20,
-        max_bad_steps: int = 20) -> list[dict]:
+        max_bad_steps: int = 20, input_noise: float = 0.0) -> list[dict]:
     """Train every class's VAE on its class's images (maximum ELBO); returns the epoch log.
 
     One loop over the data: each step takes ``batch_size`` images of all classes (a seeded permutation of
@@ -757,6 +836,8 @@ def fit(model: ABSClassifier, train, val=None, *, epochs: int = 20, batch_size: 
         checkpoint_every: also save the state every N steps (always at each epoch's end).
         grad_clip: max gradient norm.
         max_bad_steps: consecutive non-finite steps (skipped) before giving up.
+        input_noise: std of Gaussian noise added to every training image (seeded by step): the VAEs then
+            fit the density of the noisy images, as randomized smoothing's base models must (0: none).
 
     Raises:
         ConfigError: a bad argument; TrainingError: ``out`` holds a run and ``resume`` is off, or the loss
@@ -776,6 +857,8 @@ def fit(model: ABSClassifier, train, val=None, *, epochs: int = 20, batch_size: 
         raise ConfigError(f"beta_kl must be a finite number >= 0, got {beta_kl!r}")
     if schedule not in ("cosine", "constant", "onecycle"):
         raise ConfigError(f"unknown schedule {schedule!r}; use cosine, constant or onecycle")
+    if not (isinstance(input_noise, (int, float)) and math.isfinite(input_noise) and input_noise >= 0):
+        raise ConfigError(f"input_noise must be a finite number >= 0, got {input_noise!r}")
     steps_per_epoch = len(train) // batch_size
     if steps_per_epoch == 0:
         raise ConfigError(f"the training set ({len(train)} images) is smaller than one batch ({batch_size}); "
@@ -821,6 +904,8 @@ def fit(model: ABSClassifier, train, val=None, *, epochs: int = 20, batch_size: 
             x, y = _batch(train, order[batch_in_epoch * batch_size:(batch_in_epoch + 1) * batch_size])
             x, y = x.to(device, model._dtype()), y.to(device)
             generator = torch.Generator(device=device).manual_seed((seed * 7_919 + 1) * 1_000_003 + step)
+            if input_noise:
+                x = x + input_noise * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
             current_lr = learning_rate(step, total_steps, lr, schedule)
             for group in opt.param_groups:
                 group["lr"] = current_lr
@@ -883,7 +968,8 @@ def fit(model: ABSClassifier, train, val=None, *, epochs: int = 20, batch_size: 
     calibrate_posterior_std(model, train)
     if out is not None:
         save(model, out / "final", seed=seed, epochs=epochs, steps=step, batch_size=batch_size, lr=lr,
-             beta_kl=beta_kl, schedule=schedule, wall_time_s=round(elapsed, 1), n_train=len(train),
+             beta_kl=beta_kl, input_noise=input_noise, init_from=getattr(model, "init_from", None),
+             schedule=schedule, wall_time_s=round(elapsed, 1), n_train=len(train),
              device=str(device), threads=torch.get_num_threads(), val=history[-1] if history else None)
     return history
 
@@ -994,8 +1080,28 @@ def _parser():
     p.add_argument("--train-subset", type=int, help="train on this many images (seeded subset)")
     p.add_argument("--eval-test", type=int, default=0, metavar="N",
                    help="after training, classify N test images (seeded subset) by ABS's rule and print the accuracy")
+    p.add_argument("--input-noise", type=float, default=0.0,
+                   help="std of Gaussian noise on the training images (randomized smoothing's base models)")
+    p.add_argument("--init-from", metavar="CHECKPOINT",
+                   help="warm start: an ABS checkpoint of the same architecture whose weights start the run "
+                        "(its sha256 is recorded in the manifest's info.init_from)")
     p.add_argument("--no-progress", action="store_true")
     return p
+
+
+def warm_start(model: ABSClassifier, checkpoint: str | os.PathLike) -> dict:
+    """Copy the weights of an ABS checkpoint of the same architecture into ``model`` (its likelihood
+    ``sigma`` and inference settings may differ); returns the lineage record kept in the manifest."""
+    source = load(checkpoint, device="cpu")
+    ours, theirs = model.config, source.config
+    for name in ("num_classes", "channels", "latent_dim", "width"):
+        if getattr(ours, name) != getattr(theirs, name):
+            raise ConfigError(f"--init-from {checkpoint}: its {name} is {getattr(theirs, name)}, this run's is "
+                              f"{getattr(ours, name)}; warm starts need the same architecture")
+    model.load_state_dict(source.state_dict())
+    model.init_from = {"checkpoint": str(checkpoint), "sha256": source.manifest["sha256"],
+                       "info": {k: source.manifest.get("info", {}).get(k) for k in ("epochs", "lr", "input_noise")}}
+    return model.init_from
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1011,9 +1117,11 @@ def main(argv: list[str] | None = None) -> int:
         config = ABSConfig(num_classes=len(train.classes), channels=shape[0], latent_dim=args.latent_dim,
                            width=args.width, sigma=args.sigma, seed=args.seed)
         model = ABSClassifier(config, seed=args.seed)
+        if args.init_from and not (Path(args.out) / "last.json").exists():
+            warm_start(model, args.init_from)
         fit(model, train, val.subset(min(1000, len(val)), args.seed), epochs=args.epochs, batch_size=args.batch_size,
             lr=args.lr, beta_kl=args.beta_kl, out=args.out, resume=args.resume, seed=args.seed, device=args.device,
-            max_steps=args.max_steps, progress=not args.no_progress)
+            max_steps=args.max_steps, progress=not args.no_progress, input_noise=args.input_noise)
         if args.eval_test:
             x, y = test.subset(min(args.eval_test, len(test)), args.seed).tensors()
             x, y = x.to(model.device), y.to(model.device)

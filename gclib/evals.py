@@ -9,7 +9,7 @@ corrupted one, is refused; the tests recompute a random sample of every shipped 
 the model and require the same results (``gclib.zoo`` does this for the diffusion family).
 
 >>> sorted(KINDS)
-['abs-extra', 'abs-ood', 'abs-test', 'certify', 'errors', 'test']
+['abs-extra', 'abs-ood', 'abs-test', 'certify', 'corrupt', 'errors', 'test']
 """
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ KINDS = {
     "abs-extra": "bits_per_dim [M] (an upper bound) and ssim_predictions [S] (the SSIM rule) of the first test images",
     "certify": "a randomized-smoothing base model's votes on the test subset: counts0 [N, C] (CERTIFY's n0 "
                "guessing votes) and counts [N, C] (its n counting votes), noise seeded per image",
+    "corrupt": "logits [versions, N, C] of the model's rule on the test subset, clean and under every corruption "
+               "of gclib.robust at the severities in the manifest (versions: gclib.zoo.corruption_versions)",
     "abs-ood": "for every OoD set of gclib.data.ood (SET.scores, SET.abs_scores, SET.reconstruction_mse, "
                "SET.loss_by_step), as in abs-test",
 }

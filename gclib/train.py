@@ -733,8 +733,9 @@ def _parser() -> argparse.ArgumentParser:
                         "imagenet")
     p.add_argument("--model", choices=["gc", "resnet"], default="gc",
                    help="gc: the generative classifier (default); resnet: the torchvision ResNet baseline")
-    p.add_argument("--arch", choices=["resnet18", "resnet34", "resnet50"],
-                   help="--model resnet: the torchvision ResNet (default: resnet18 below 64 px, else resnet50)")
+    p.add_argument("--arch", choices=["resnet18", "resnet34", "resnet50", "resnet20"],
+                   help="--model resnet: the torchvision ResNet, or resnet20 (He et al.'s CIFAR ResNet, 0.27 M parameters) "
+                        "(default: resnet18 below 64 px, else resnet50)")
     p.add_argument("--stem-stride", type=int, choices=[1, 2], default=1,
                    help="--model resnet on small images: stride of the 3x3 stem (2 is 4x cheaper; default 1)")
     p.add_argument("--beta", default="8", help="IB trade-off beta >= 0, or 'inf' for pure cross-entropy (default 8)")

@@ -114,6 +114,7 @@ class ZooEntry:
     inference: tuple[tuple[str, object], ...] = ()
     # randomized smoothing's base models only: the sigma publish certifies them at (their training noise)
     certify_sigma: float | None = None
+    certify_n: int | None = None  # images certified (default CERTIFY_N)
 
     def command(self, out: str | os.PathLike) -> list[str]:
         """Arguments for ``python`` that train this model into ``out``."""
@@ -172,7 +173,34 @@ def _fashion_mnist() -> list[ZooEntry]:
     out += [ZooEntry("fashion-mnist", smoothing_name(b, sd), "gc", b, 0, 3,
                      ("--input-noise", sd, "--lr", "1e-3", "--init-from", f"checkpoints/fashion-mnist/gc-beta-{b}"),
                      config=small, certify_sigma=float(sd)) for b in SMOOTHING_BETAS for sd in SMOOTHING_SIGMAS]
+    # The DC's smoothing bases: He et al.'s CIFAR ResNet-20 (0.27 M parameters; Cohen et al. smooth its deeper
+    # sibling ResNet-110 on CIFAR-10; three noise-trained ResNet-18s would take 66 MB of the checkpoint
+    # budget) with the zoo's ResNet recipe. sigma = 0.25 is trained from scratch with its noise, as Cohen et
+    # al. do; 0.12 and 0.5 are fine-tuned from it (the lineage is in their manifests).
+    resnet20 = ("--arch", "resnet20", "--optimizer", "sgd", "--weight-decay", "5e-4", "--batch-size", "128")
+    out.append(ZooEntry("fashion-mnist", "resnet20-sigma-0.25", "resnet", None, 0, RESNET20_EPOCHS,
+                        (*resnet20, "--lr", "0.1", "--input-noise", "0.25"), config=small, certify_sigma=0.25))
+    out += [ZooEntry("fashion-mnist", f"resnet20-sigma-{sd}", "resnet", None, 0, 2,
+                     (*resnet20, "--lr", "0.02", "--input-noise", sd,
+                      "--init-from", "checkpoints/fashion-mnist/resnet20-sigma-0.25"), config=small,
+                     certify_sigma=float(sd)) for sd in ("0.12", "0.5")]
+    # ABS's smoothing bases: abs-vae8 fine-tuned 3 epochs on noisy images, with the likelihood's sigma widened
+    # to sqrt(0.1^2 + sigma^2) (the VAEs then model the noisy images' density). Each vote of the smoothed
+    # classifier scores every class by ABS's point loss at its encoder's latent (no test-time search: the
+    # search costs 0.44 s an image, and CERTIFY takes 1,100 votes an image). Even so a vote costs 20 network
+    # passes (about 15 ms on a core), so ABS is certified on the first ABS_CERTIFY_N images of the others'
+    # subset, and not at sigma = 0.12, where 1,000 votes cannot certify radius 0.5 for any model.
+    out += [ZooEntry("fashion-mnist", f"abs-sigma-{sd}", "abs", None, 0, 3,
+                     ("--sigma", f"{math.sqrt(0.01 + float(sd) ** 2):.4f}", "--input-noise", sd,
+                      "--init-from", "checkpoints/fashion-mnist/abs-vae8"),
+                     inference=ABS_SMOOTHING_INFERENCE, certify_sigma=float(sd), certify_n=ABS_CERTIFY_N)
+            for sd in ABS_SMOOTHING_SIGMAS]
     return out
+
+
+RESNET20_EPOCHS = 6
+ABS_SMOOTHING_SIGMAS, ABS_CERTIFY_N = ("0.25", "0.5"), 100
+ABS_SMOOTHING_INFERENCE = (("start", "encoder"), ("n_steps", 0), ("score", "abs"))
 
 
 SMOOTHING_BETAS, SMOOTHING_SIGMAS = ("8", "inf"), ("0.12", "0.25", "0.5")
@@ -183,8 +211,17 @@ CERTIFY_N, CERTIFY_N0, CERTIFY_SAMPLES, CERTIFY_ALPHA, CERTIFY_CHECK_N = 200, 10
 
 
 def smoothing_name(beta: str, sigma: str) -> str:
-    """Zoo name of a smoothing base model: ``smoothing_name("8", "0.25") == "gc-sigma-0.25-beta-8"``."""
+    """Zoo name of a smoothing base model: ``smoothing_name("8", "0.25") == "gc-sigma-0.25-beta-8"``;
+    ``beta`` may also name another family's base: ``"resnet20"`` or ``"abs"``
+    (``smoothing_name("abs", "0.5") == "abs-sigma-0.5"``)."""
+    if beta in ("resnet20", "abs"):
+        return f"{beta}-sigma-{sigma}"
     return f"gc-sigma-{sigma}-beta-{beta}"
+
+
+# What each kind of smoothing base is, for tables and legends (smoothing_name's first argument).
+SMOOTHING_LABELS = {"8": "GC (IB-INN, β = 8)", "inf": "DC twin (IB-INN, β = ∞)", "resnet20": "DC (ResNet-20)",
+                    "abs": "GC (ABS, encoder latents)"}
 
 
 DIFFUSION_STAGES = ((10, 2), (60, 1))
@@ -430,13 +467,7 @@ def publish(run: str | os.PathLike, name: str, dataset: str = "fashion-mnist",
         info["test_subset"] = {**evaluate_model(shipped, ci_subset(test)), "subset_seed": EVAL_SEED}
         e = ZOO.get((dataset, name))
         if e is not None and e.certify_sigma:  # a smoothing base model: its certificates, votes shipped
-            from . import evals
-
-            info["certified"], votes = evaluate_certified(shipped, test, e.certify_sigma)
-            evals.save(evals.path_of(name, "certify", dataset, root), votes, model_sha256=shipped.manifest["sha256"],
-                       inputs={"dataset": dataset, "split": "test", "subset_seed": EVAL_SEED, "n": len(votes["indices"])},
-                       model=name, what=evals.KINDS["certify"], **{k: info["certified"][k] for k in
-                                                                   ("sigma", "n0", "n_samples", "alpha", "noise_seed")})
+            info["certified"] = _certify_and_ship(shipped, name, dataset, root, test, e)
         _rewrite_info(scratch / name, info)
         _commit(scratch, name, dest)
     finally:
@@ -642,6 +673,33 @@ def evaluate_certified(model, test, sigma: float, n: int | None = None, progress
     return record, {"indices": index, "labels": y, "counts0": counts0, "counts": counts}
 
 
+def _certify_and_ship(shipped, name: str, dataset: str, root, test, e: ZooEntry) -> dict:
+    """Certify a smoothing base model (:func:`evaluate_certified` at the entry's sigma and image count), write
+    its votes as the evaluation artifact ``evals/<name>.certify`` and return the record for ``info.certified``."""
+    from . import evals
+
+    record, votes = evaluate_certified(shipped, test, e.certify_sigma, e.certify_n)
+    evals.save(evals.path_of(name, "certify", dataset, root), votes, model_sha256=shipped.manifest["sha256"],
+               inputs={"dataset": dataset, "split": "test", "subset_seed": EVAL_SEED, "n": len(votes["indices"])},
+               model=name, what=evals.KINDS["certify"], **{k: record[k] for k in
+                                                           ("sigma", "n0", "n_samples", "alpha", "noise_seed")})
+    return record
+
+
+@torch.no_grad()
+def evaluate_abs_base(model, test, batch: int = 500) -> dict:
+    """Accuracy of an ABS model's own rule (its config's inference) on ``test``, exactly as recounted by
+    :func:`verify`: for the smoothing bases, whose rule is cheap (the class encoders' latents)."""
+    pred = torch.cat([model.predict(test.batch(torch.arange(s, min(s + batch, len(test))))[0])
+                      for s in range(0, len(test), batch)])
+    correct = int((pred == test.labels).sum())
+    acc = correct / len(test)
+    return {"n": len(test), "correct": correct, "accuracy": acc, "accuracy_se": math.sqrt(acc * (1 - acc) / len(test)),
+            "rule": f"{model.config.score} scores at the {model.config.start} start, {model.config.n_steps} steps",
+            "inference": {k: getattr(model.config, k) for k in ("start", "n_steps", "score", "n_bound_samples",
+                                                                "similarity")}}
+
+
 def _verify_certified(model, name: str, dataset: str, root, test, e: ZooEntry, seed: int | None = None) -> list[str]:
     """Recount CERTIFY_CHECK_N random images of a smoothing base model's shipped votes (exactly) and check the
     manifest's certificates against the votes."""
@@ -809,6 +867,13 @@ def _publish_abs(trained, run: Path, name: str, dataset: str, root, test) -> Pat
         sha = shipped.manifest["sha256"]
         if test is None:
             test = data.load(dataset)[2]
+        if e is not None and e.certify_sigma:  # a smoothing base: its cheap rule's accuracy and certificates
+            info["test"] = evaluate_abs_base(shipped, test)
+            info["test_subset"] = {**evaluate_abs_base(shipped, ci_subset(test)), "subset_seed": EVAL_SEED}
+            info["certified"] = _certify_and_ship(shipped, name, dataset, root, test, e)
+            _rewrite_info(scratch / name, info)
+            _commit(scratch, name, dest)
+            return dest.with_name(f"{name}.json")
         info["test"], artifacts = evaluate_abs(shipped, test)
         for kind, tensors in artifacts.items():
             inputs = ({"ood_sets": data.ood_names(), "n_per_set": info["test"]["ood_n"], "seed": EVAL_SEED}
@@ -862,6 +927,8 @@ def _verify_abs(model, name: str, dataset: str, root, test, sample: int | None =
     row = torch.randint(n_ood, (1,), generator=g)
     compare(f"OoD {set_name} images", _abs_outputs(model, xo[row]),
             {k.split(".", 1)[1]: v for k, v in ood.items() if k.startswith(set_name + ".")}, row)
+    if evals.path_of(name, "corrupt", dataset, root).with_suffix(".json").is_file():
+        problems += _verify_corruptions(model, name, dataset, root, test, g, ABS_RTOL)
     row = torch.randint(len(extra["ssim_predictions"]), (1,), generator=g)
     x1 = test.batch(extra["indices"][row])[0]
     if not torch.equal(_abs_variant(model, similarity="ssim").predict(x1), extra["ssim_predictions"][row]):
@@ -870,6 +937,102 @@ def _verify_abs(model, name: str, dataset: str, root, test, sample: int | None =
         problems.append("the manifest's bits/dim is not the artifact's mean")
     return {"manifest": record, "measured": {"n": n, "correct": correct, "sample_seed": seed, "checked": pick.numel()},
             "problems": problems}
+
+
+# -- robustness artifacts of the expensive families ---------------------------------------------------------
+# ABS's rule costs about 0.44 s an image on a CPU core: too much for the corruption chapter's live runs (500
+# images x 61 versions). Its results on a seeded subset ship instead, as the artifact kind "corrupt": the
+# logits (log-posteriors) of the first CORRUPT_N images of the seeded test subset, clean and under every
+# corruption of gclib.robust at CORRUPT_SEVERITIES (corruption seed EVAL_SEED, the same corrupted images any
+# other model gets from robust.corrupt). `python -m gclib.zoo evaluate NAME --what corrupt` computes it for a
+# shipped model; verify recomputes CORRUPT_CHECK_N random (version, image) pairs when it is there.
+CORRUPT_N, CORRUPT_SEVERITIES, CORRUPT_CHECK_N = 200, (3,), 3
+EVALUATE_KINDS = ("corrupt",)
+
+
+def corruption_versions(severities=CORRUPT_SEVERITIES) -> list[tuple[str, int]]:
+    """The image versions of a "corrupt" artifact, in its order: ``("clean", 0)``, then every corruption of
+    :data:`gclib.robust.CORRUPTIONS` at every severity."""
+    from . import robust
+
+    return [("clean", 0)] + [(c, int(s)) for c in robust.CORRUPTIONS for s in severities]
+
+
+def _version_images(x: torch.Tensor, version: tuple[str, int]) -> torch.Tensor:
+    from . import robust
+
+    name, severity = version
+    return x if name == "clean" else robust.corrupt(x, name, severity, EVAL_SEED)
+
+
+def _logits_in_batches(model, x: torch.Tensor, batch: int) -> torch.Tensor:
+    return torch.cat([model(x[s:s + batch]).float() for s in range(0, len(x), batch)])
+
+
+@torch.no_grad()
+def evaluate_corruptions(model, test, n: int | None = None, severities=None, batch: int = 50,
+                         progress: bool = True) -> tuple[dict, dict[str, torch.Tensor]]:
+    """A model's logits on the first ``n`` images of the seeded test subset, clean and corrupted (see
+    :func:`corruption_versions`); returns ``(record, artifact tensors)``: ``logits`` [versions, n, C]."""
+    import time
+
+    from tqdm import tqdm
+
+    n = min(CORRUPT_N if n is None else n, len(test))
+    severities = tuple(CORRUPT_SEVERITIES if severities is None else severities)
+    index = _test_index(len(test), n)
+    x, y = test.batch(index)
+    versions = corruption_versions(severities)
+    start = time.perf_counter()
+    logits = torch.stack([_logits_in_batches(model, _version_images(x, v), batch)
+                          for v in tqdm(versions, desc="corruptions", unit="version", disable=not progress)])
+    seconds = time.perf_counter() - start
+    right = logits.argmax(2) == y
+    record = {"n": n, "subset_seed": EVAL_SEED, "corruption_seed": EVAL_SEED, "severities": list(severities),
+              "versions": [f"{c}:{s}" for c, s in versions], "clean_correct": int(right[0].sum()),
+              "corrupted_accuracy": float(right[1:].double().mean()),
+              "ms_per_image": round(1000 * seconds / (n * len(versions)), 1), "torch_threads": torch.get_num_threads()}
+    return record, {"indices": index, "labels": y, "logits": logits}
+
+
+def evaluate_shipped(name: str, what: str = "corrupt", dataset: str = "fashion-mnist",
+                     root: str | os.PathLike | None = None, test=None, progress: bool = True) -> Path:
+    """Compute a robustness artifact (``what``: one of :data:`EVALUATE_KINDS`) for shipped model ``name`` and
+    write it to ``checkpoints/<dataset>/evals/<name>.<what>``, naming the weights' sha256."""
+    from . import data, evals
+
+    if what not in EVALUATE_KINDS:
+        raise ConfigError(f"unknown evaluation {what!r}; use one of {', '.join(EVALUATE_KINDS)}")
+    model = checkpoints.load(Path(root or checkpoint_root()) / dataset / name, device="cpu", verify=True).eval()
+    if test is None:
+        test = data.load(dataset)[2]
+    record, tensors = evaluate_corruptions(model, test, progress=progress)
+    return evals.save(evals.path_of(name, what, dataset, root), tensors, model_sha256=model.manifest["sha256"],
+                      inputs={"dataset": dataset, "split": "test", "subset_seed": EVAL_SEED, "n": record["n"]},
+                      model=name, what=evals.KINDS[what], **record)
+
+
+@torch.no_grad()
+def _verify_corruptions(model, name: str, dataset: str, root, test, g: torch.Generator, rtol: float) -> list[str]:
+    """Recompute CORRUPT_CHECK_N random (version, image) pairs of a shipped "corrupt" artifact (logits to
+    ``rtol``; the best class must agree unless its margin is below that)."""
+    from . import evals
+
+    t, art = evals.load(evals.path_of(name, "corrupt", dataset, root), model_sha256=model.manifest["sha256"])
+    problems = []
+    n = len(t["indices"])
+    if not torch.equal(t["indices"], _test_index(len(test), n)) or not torch.equal(t["labels"], test.labels[t["indices"]]):
+        problems.append("corrupt: the artifact's images are not the seeded test subset it names")
+    versions = [(v.split(":")[0], int(v.split(":")[1])) for v in art["info"]["versions"]]
+    x, _ = test.batch(t["indices"])
+    for _ in range(CORRUPT_CHECK_N):
+        v = int(torch.randint(len(versions), (1,), generator=g))
+        i = int(torch.randint(n, (1,), generator=g))
+        got = model(_version_images(x, versions[v])[i:i + 1]).float()
+        want = t["logits"][v, i:i + 1]
+        if not torch.allclose(got, want, rtol=rtol, atol=1e-4):
+            problems.append(f"corrupt {versions[v]} image {i}: logits differ by up to {float((got - want).abs().max()):.3e}")
+    return problems
 
 
 def _commit(scratch: Path, name: str, dest: Path) -> None:
@@ -902,14 +1065,16 @@ def verify(name: str, dataset: str = "fashion-mnist", root: str | os.PathLike | 
         test = data.load(dataset)[2]
     if model.manifest.get("kind") == "diffusion":  # a random sample of its shipped per-image results
         return _verify_diffusion(model, name, dataset, root, test)
-    if model.manifest.get("kind") == "abs":
+    e = ZOO.get((dataset, name))
+    abs_base = model.manifest.get("kind") == "abs" and "certified" in model.manifest["info"]
+    if model.manifest.get("kind") == "abs" and not abs_base:
         return _verify_abs(model, name, dataset, root, test)
     key = "test_subset" if subset else "test"
     if subset and key not in model.manifest["info"]:
         raise CheckpointError(f"{name} has no test_subset record: run python -m gclib.zoo reevaluate --subset {name}")
+    evaluate = evaluate_abs_base if abs_base else evaluate_model
     result = {"manifest": model.manifest["info"].get(key, {}),
-              "measured": evaluate_model(model, ci_subset(test) if subset else test)}
-    e = ZOO.get((dataset, name))
+              "measured": evaluate(model, ci_subset(test) if subset else test)}
     if e is not None and e.certify_sigma and "certified" in model.manifest["info"]:
         result["certify_problems"] = _verify_certified(model, name, dataset, root, test, e)
     return result
@@ -1194,6 +1359,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("names", nargs="*", help="default: every shipped model")
     r.add_argument("--subset", action="store_true", help=f"only (re)write the record on the fixed {CI_SUBSET}-image "
                    "test subset the tests check")
+    ev = sub.add_parser("evaluate", help="compute a robustness artifact of a shipped model (what: corrupt)")
+    ev.add_argument("name")
+    ev.add_argument("--what", default="corrupt", choices=EVALUATE_KINDS)
     v = sub.add_parser("verify", help="recompute the test figures of shipped models and compare")
     v.add_argument("names", nargs="*", help="default: every shipped model")
     v.add_argument("--subset", action="store_true", help=f"check the fixed {CI_SUBSET}-image subset only (fast)")
@@ -1222,6 +1390,8 @@ def main(argv: list[str] | None = None) -> int:
             for name in args.names or available(args.dataset):
                 test = reevaluate(name, args.dataset, subset_only=args.subset)
                 print(f"{name}: {json.dumps({k: test[k] for k in ('accuracy', 'bits_per_dim') if k in test})}")
+        elif args.cmd == "evaluate":
+            print(f"wrote {evaluate_shipped(args.name, args.what, args.dataset)}")
         elif args.cmd == "verify":
             failed = 0
             for name in args.names or available(args.dataset):

@@ -17,7 +17,11 @@ def _resnet():
     return gclib.FeedForwardClassifier.from_config(tiny_config(), seed=0).eval()
 
 
-FAMILIES = {"ibinn": _ibinn, "resnet": _resnet}
+def _resnet20():
+    return gclib.FeedForwardClassifier.from_config(tiny_config(), seed=0, arch="resnet20").eval()
+
+
+FAMILIES = {"ibinn": _ibinn, "resnet": _resnet, "resnet20": _resnet20}
 
 
 @pytest.fixture(params=list(FAMILIES))

@@ -221,3 +221,52 @@ def test_publish_certifies_a_smoothing_base_and_verify_recounts_its_votes(tmp_pa
     evals.save(evals.path_of(entry.name, "certify", root=root), votes, model_sha256=manifest["model_sha256"],
                inputs=manifest["inputs"], **manifest["info"])
     assert zoo._mismatches(zoo.verify(entry.name, root=root, test=test))
+
+
+def test_abs_smoothing_base_trains_on_noise_from_a_warm_start_and_publish_certifies_it(tmp_path, fashion, monkeypatch):
+    """An ABS smoothing base (zoo entry abs-sigma-*): warm-started from another ABS checkpoint (lineage kept),
+    fine-tuned on noisy images, published with its cheap rule's accuracy and its certificates, verified."""
+    import json
+
+    from gclib import abs as abs_family
+    from gclib import zoo
+    from gclib.errors import ConfigError
+
+    train, val, test = fashion
+    test = test.subset(40, seed=0)
+    cfg = abs_family.ABSConfig(width=4, n_prior_samples=16, n_steps=1, n_bound_samples=2)
+    source = abs_family.ABSClassifier(cfg, seed=0)
+    abs_family.fit(source, train.subset(128, seed=0), None, epochs=1, batch_size=64, out=tmp_path / "source",
+                   progress=False)
+    model = abs_family.ABSClassifier(cfg.replace(sigma=0.27), seed=1)
+    record = abs_family.warm_start(model, tmp_path / "source" / "final")
+    assert record["sha256"] == json.loads((tmp_path / "source" / "final.json").read_text())["sha256"]
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), source.state_dict().values()))
+    with pytest.raises(ConfigError, match="same architecture"):
+        abs_family.warm_start(abs_family.ABSClassifier(cfg.replace(width=5)), tmp_path / "source" / "final")
+    # The noise enters training: the same run without it ends elsewhere.
+    clean = abs_family.ABSClassifier(cfg.replace(sigma=0.27), seed=1)
+    clean.load_state_dict(model.state_dict())
+    for m, noise, out in ((model, 0.25, "run"), (clean, 0.0, "clean")):
+        abs_family.fit(m, train.subset(128, seed=0), None, epochs=1, batch_size=64, input_noise=noise,
+                       out=tmp_path / out, progress=False)
+    assert not torch.equal(model.vaes[0].decoder.net[0].weight, clean.vaes[0].decoder.net[0].weight)
+    manifest = json.loads((tmp_path / "run" / "final.json").read_text())
+    assert manifest["info"]["input_noise"] == 0.25 and manifest["info"]["init_from"]["sha256"] == record["sha256"]
+    with pytest.raises(ConfigError, match="input_noise"):
+        abs_family.fit(clean, train.subset(128, seed=0), None, epochs=1, input_noise=-1.0)
+
+    entry = zoo.ZooEntry("fashion-mnist", "abs-sigma-0.25-tiny", "abs", None, 0, 1, ("--input-noise", "0.25"),
+                         inference=zoo.ABS_SMOOTHING_INFERENCE, certify_sigma=0.25)
+    monkeypatch.setitem(zoo.ZOO, ("fashion-mnist", entry.name), entry)
+    for name, value in (("CERTIFY_N", 4), ("CERTIFY_N0", 10), ("CERTIFY_SAMPLES", 40), ("CERTIFY_CHECK_N", 2),
+                        ("CI_SUBSET", 20)):
+        monkeypatch.setattr(zoo, name, value)
+    root = tmp_path / "ckpt"
+    info = json.loads(zoo.publish(tmp_path / "run", entry.name, root=root, test=test).read_text())["info"]
+    assert (info["test"]["n"], info["test_subset"]["n"], info["certified"]["n"]) == (40, 20, 4)
+    assert info["test"]["inference"]["start"] == "encoder" and info["test"]["inference"]["n_steps"] == 0
+    for subset in (False, True):
+        result = zoo.verify(entry.name, root=root, test=test, subset=subset)
+        assert result["certify_problems"] == [] and zoo._mismatches(result) == [], result
+    assert zoo.model_rows(root=root) == []

@@ -92,16 +92,25 @@ def _check_abs_manifest(name, manifest):
     assert len(info["history"]) == info["epochs"] and info["family"] == "abs"
     for key, value in e.inference:
         assert manifest["config"][key] == value
+    assert checkpoints.sha256(zoo.checkpoint_root() / DATASET / manifest["weights"]) == manifest["sha256"]
+    if e.certify_sigma:  # a smoothing base: warm-started from abs-vae8, certified, its votes shipped
+        assert info["input_noise"] == args.input_noise == e.certify_sigma
+        assert info["init_from"]["sha256"] == checkpoints.read_manifest(
+            zoo.checkpoint_root() / DATASET / "abs-vae8")["sha256"]
+        assert (info["test"]["n"], info["test_subset"]["n"]) == (10_000, zoo.CI_SUBSET)
+        assert info["certified"]["sigma"] == e.certify_sigma
+        evals.load(evals.path_of(name, "certify", DATASET), model_sha256=manifest["sha256"])
+        return
     test = info["test"]
     assert (test["n"], test["bits_per_dim_n"], test["ssim"]["n"], test["ood_n"]) == (
         zoo.ABS_TEST_N, zoo.ABS_BPD_N, zoo.ABS_SSIM_N, zoo.ABS_OOD_N)
-    assert checkpoints.sha256(zoo.checkpoint_root() / DATASET / manifest["weights"]) == manifest["sha256"]
     for kind in ("abs-test", "abs-extra", "abs-ood"):  # every artifact loads (its sha256 and the model's checked)
         evals.load(evals.path_of(name, kind, DATASET), model_sha256=manifest["sha256"])
 
 
-# Models above this size are checked on the manifest's fixed test subset (zoo.CI_SUBSET images), exactly;
-# `python -m gclib.zoo verify` checks them on the full test set.
+# Models above this size, and randomized smoothing's base models (whose shipped votes are recounted too), are
+# checked on the manifest's fixed test subset (zoo.CI_SUBSET images), exactly; `python -m gclib.zoo verify`
+# checks them on the full test set.
 FULL_TEST_MAX_PARAMETERS = 1_000_000
 
 
@@ -113,11 +122,12 @@ def test_shipped_model_reproduces_its_manifest(name, fashion):
         result = zoo.verify(name, DATASET, test=fashion[2])
         assert zoo._mismatches(result) == [] and result["measured"]["checked"] == zoo.DIFFUSION_CHECK_N, result
         return
-    if manifest["kind"] == "abs":
+    smoothing_base = "certified" in manifest["info"]
+    if manifest["kind"] == "abs" and not smoothing_base:
         result = zoo.verify(name, DATASET, test=fashion[2])
         assert zoo._mismatches(result) == [] and result["measured"]["checked"] == zoo.ABS_CHECK_N, result
         return
-    subset = manifest["info"]["parameters"] > FULL_TEST_MAX_PARAMETERS
+    subset = manifest["info"]["parameters"] > FULL_TEST_MAX_PARAMETERS or smoothing_base
     result = zoo.verify(name, DATASET, test=fashion[2], subset=subset)
     want, got = result["manifest"], result["measured"]
     assert got["n"] == want["n"] == (zoo.CI_SUBSET if subset else 10_000)
@@ -230,3 +240,34 @@ def test_zoo_cli_lists_and_verifies(capsys):
     assert zoo.main(["verify", "gc-beta-2"]) == 0
     assert "gc-beta-2: OK" in capsys.readouterr().out
     assert zoo.main(["train", "gc-beta-5"]) == 2
+
+
+def test_corruption_artifact_is_computed_for_a_shipped_model_and_verified(tmp_path, fashion, monkeypatch):
+    """python -m gclib.zoo evaluate NAME --what corrupt: the logits of the seeded subset, clean and under every
+    corruption, named by the weights' sha256; a recomputed sample agrees, a tampered artifact does not."""
+    from gclib import evals, robust
+
+    folder = tmp_path / DATASET
+    folder.mkdir()
+    for suffix in (".json", ".safetensors"):
+        shutil.copy(zoo.checkpoint_root() / DATASET / f"gc-beta-8{suffix}", folder)
+    monkeypatch.setattr(zoo, "CORRUPT_N", 6)
+    path = zoo.evaluate_shipped("gc-beta-8", "corrupt", DATASET, root=tmp_path, test=fashion[2], progress=False)
+    manifest = json.loads(path.read_text())
+    tensors, _ = evals.load(path, model_sha256=manifest["model_sha256"])
+    versions = zoo.corruption_versions()
+    assert tensors["logits"].shape == (len(versions), 6, 10) == (1 + len(robust.CORRUPTIONS), 6, 10)
+    assert manifest["info"]["versions"][0] == "clean:0" and manifest["info"]["severities"] == list(zoo.CORRUPT_SEVERITIES)
+    model = gclib.load(folder / "gc-beta-8")
+    x, y = fashion[2].batch(tensors["indices"])
+    assert torch.equal(tensors["labels"], y)
+    assert torch.allclose(tensors["logits"][0], model(x), atol=1e-4)  # the clean version, recomputed
+    assert torch.allclose(tensors["logits"][3], model(robust.corrupt(x, *versions[3], zoo.EVAL_SEED)), atol=1e-4)
+    g = torch.Generator().manual_seed(0)
+    assert zoo._verify_corruptions(model, "gc-beta-8", DATASET, tmp_path, fashion[2], g, 1e-3) == []
+    tensors["logits"] = tensors["logits"] + 1.0  # tampered: every recomputed pair disagrees
+    evals.save(path.with_suffix(""), tensors, model_sha256=manifest["model_sha256"], inputs=manifest["inputs"],
+               **manifest["info"])
+    assert len(zoo._verify_corruptions(model, "gc-beta-8", DATASET, tmp_path, fashion[2], g, 1e-3)) == zoo.CORRUPT_CHECK_N
+    with pytest.raises(ConfigError, match="unknown evaluation"):
+        zoo.evaluate_shipped("gc-beta-8", "attack", DATASET, root=tmp_path, test=fashion[2])
