@@ -55,9 +55,10 @@ d z* / d x: the ``n_steps`` Adam updates are then written as differentiable tens
 updates as ``torch.optim.Adam``, with the latent gradient taken with ``create_graph=True``), and only the
 search's discrete choices are constants: the starting prior sample (an argmin over the cached samples) and
 which step was best (the argmin over the steps). That is the adaptive attacker's model of the search (an
-attack through the unrolled optimisation); it costs about twice the search's time per backward pass and
-keeps every step's graph in memory. Values do not change, and without a gradient to x (``torch.no_grad``,
-or an input that does not require grad) the unrolled model runs the ordinary search.
+attack through the unrolled optimisation); a forward and backward pass then takes a few times as long as
+with z* constant (2.5 to 4 times for the shipped model on one CPU thread) and keeps every step's graph in
+memory (about 0.26 GB per image for the shipped model). Values do not change, and without a gradient to x
+(``torch.no_grad``, or an input that does not require grad) the unrolled model runs the ordinary search.
 
 Cost per image (``evaluations_per_image``): C (n_steps + 1) decoder passes (n_steps of them with a
 backward pass to z) plus C K for the bound; the prior samples are decoded once per model (C N passes,

@@ -946,7 +946,7 @@ def _verify_abs(model, name: str, dataset: str, root, test, sample: int | None =
 # corruption of gclib.robust at CORRUPT_SEVERITIES (corruption seed EVAL_SEED, the same corrupted images any
 # other model gets from robust.corrupt). `python -m gclib.zoo evaluate NAME --what corrupt` computes it for a
 # shipped model; verify recomputes CORRUPT_CHECK_N random (version, image) pairs when it is there.
-CORRUPT_N, CORRUPT_SEVERITIES, CORRUPT_CHECK_N = 200, (3,), 3
+CORRUPT_N, CORRUPT_SEVERITIES, CORRUPT_CHECK_N = 100, (3,), 3
 EVALUATE_KINDS = ("corrupt",)
 
 

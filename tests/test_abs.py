@@ -186,6 +186,50 @@ def test_the_encoder_start_is_the_better_of_the_two_with_both():
     assert (found.history[1:] <= found.history[:-1]).all()
 
 
+@pytest.mark.parametrize("score,start", [("bound", "prior"), ("abs", "prior"), ("bound", "both")])
+def test_the_unrolled_search_keeps_the_scores_and_its_gradient_includes_dz_dx(score, start):
+    cfg = tiny(n_prior_samples=16, n_steps=3, n_bound_samples=2, score=score, start=start)
+    model = ABSClassifier(cfg, seed=0).double()
+    unrolled = ABSClassifier(cfg.replace(unroll=True), seed=0).double()
+    unrolled.load_state_dict(model.state_dict())
+    g = torch.Generator().manual_seed(0)
+    # inside the box, so that x +- h d stays in [0, 1]
+    x = (0.25 + 0.5 * torch.rand(2, 1, 28, 28, generator=g, dtype=torch.float64)).requires_grad_(True)
+    weights = torch.randn(2, 3, generator=g, dtype=torch.float64)  # a random linear functional of the scores
+    constant, through = model.class_scores(x), unrolled.class_scores(x)
+    torch.testing.assert_close(through, constant, rtol=0, atol=1e-8)  # the same path of z
+    (g_constant,) = torch.autograd.grad((constant * weights).sum(), x)
+    (g_through,) = torch.autograd.grad((through * weights).sum(), x)
+    assert all(p.grad is None for p in unrolled.parameters())  # the weights are constants of the search
+
+    def derivative(direction, h=1e-5):
+        # central difference of the unrolled scores: the starting argmin and the best-step choice are
+        # piecewise constant, so a small h in float64 stays on one piece
+        with torch.no_grad():  # the values are those of the graph-building search (checked above)
+            up, down = unrolled.class_scores(x + h * direction), unrolled.class_scores(x - h * direction)
+        return float(((up - down) * weights).sum()) / (2 * h)
+
+    random = torch.randn(x.shape, generator=g, dtype=torch.float64)
+    random = random / random.norm()
+    difference = (g_through - g_constant) / (g_through - g_constant).norm()
+    for direction in (random, difference):
+        fd = derivative(direction)
+        assert abs(float((g_through * direction).sum()) - fd) <= 1e-6 * (1 + abs(fd))
+    # along the difference the z*-constant gradient is clearly off: d z*/dx matters
+    assert abs(float((g_constant * difference).sum()) - fd) > 1e-3 * (1 + abs(fd))
+    with torch.no_grad():  # without a gradient to x the unrolled model runs the ordinary search
+        assert torch.equal(unrolled.class_scores(x), model.class_scores(x))
+
+
+def test_unroll_is_a_config_field_that_round_trips_and_defaults_to_off():
+    cfg = tiny(unroll=True)
+    assert ABSConfig.from_dict(cfg.to_dict()) == cfg and cfg.to_dict()["unroll"] is True
+    old = {k: v for k, v in tiny().to_dict().items() if k != "unroll"}  # a manifest written before the field
+    assert ABSConfig.from_dict(old).unroll is False
+    with pytest.raises(ConfigError, match="unroll"):
+        tiny(unroll="yes")
+
+
 class TemplateDecoder(torch.nn.Module):
     """Decodes every z to one fixed image (plus a small z-dependent brightness change)."""
 
