@@ -154,6 +154,17 @@ def savefig(fig, fig_id: str, folder: str | os.PathLike | None = None) -> list[P
     return paths
 
 
+def save_frame(table, table_id: str, folder: str | os.PathLike | None = None) -> str:
+    """Write a pandas DataFrame as ``folder/table_id.md`` (pandas' Markdown) and ``.csv``; returns the Markdown
+    (the notebooks display it and glue the frame under ``table_id``)."""
+    folder = Path(folder or os.environ.get(FIGURES_ENV, "figures"))
+    folder.mkdir(parents=True, exist_ok=True)
+    md = table.to_markdown(index=False)
+    (folder / f"{table_id}.md").write_text(md + "\n")
+    table.to_csv(folder / f"{table_id}.csv", index=False)
+    return md
+
+
 def save_table(rows: list[dict], table_id: str, folder: str | os.PathLike | None = None,
                headers: dict[str, str] | None = None) -> tuple[Path, Path]:
     """Write ``rows`` (dicts with the same keys) as ``folder/table_id.csv`` and a Markdown ``.md``.

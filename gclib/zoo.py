@@ -927,8 +927,7 @@ def _verify_abs(model, name: str, dataset: str, root, test, sample: int | None =
     row = torch.randint(n_ood, (1,), generator=g)
     compare(f"OoD {set_name} images", _abs_outputs(model, xo[row]),
             {k.split(".", 1)[1]: v for k, v in ood.items() if k.startswith(set_name + ".")}, row)
-    if evals.path_of(name, "corrupt", dataset, root).with_suffix(".json").is_file():
-        problems += _verify_corruptions(model, name, dataset, root, test, g, ABS_RTOL)
+    problems += _verify_artifacts(model, name, dataset, root, test, g, ABS_RTOL)
     row = torch.randint(len(extra["ssim_predictions"]), (1,), generator=g)
     x1 = test.batch(extra["indices"][row])[0]
     if not torch.equal(_abs_variant(model, similarity="ssim").predict(x1), extra["ssim_predictions"][row]):
@@ -947,7 +946,13 @@ def _verify_abs(model, name: str, dataset: str, root, test, sample: int | None =
 # other model gets from robust.corrupt). `python -m gclib.zoo evaluate NAME --what corrupt` computes it for a
 # shipped model; verify recomputes CORRUPT_CHECK_N random (version, image) pairs when it is there.
 CORRUPT_N, CORRUPT_SEVERITIES, CORRUPT_CHECK_N = 100, (3,), 3
-EVALUATE_KINDS = ("corrupt",)
+# The kind "attack-l2": the minimal-L2 adversarial examples FMN (gclib.attacks.minimal_l2, a gradient attack;
+# for ABS through its unrolled search) finds in ATTACK_STEPS steps for the first ATTACK_N images of the seeded
+# subset, with their distances, query counts and the model's logits on them; verify recomputes the logits of
+# ATTACK_CHECK_N random adversarial images. The same images and budget for every model: a median adversarial
+# distance that can be compared, as ABS (Schott et al.) reports it.
+ATTACK_N, ATTACK_STEPS, ATTACK_CHECK_N = 10, 100, 2
+EVALUATE_KINDS = ("corrupt", "attack-l2")
 
 
 def corruption_versions(severities=CORRUPT_SEVERITIES) -> list[tuple[str, int]]:
@@ -995,6 +1000,40 @@ def evaluate_corruptions(model, test, n: int | None = None, severities=None, bat
     return record, {"indices": index, "labels": y, "logits": logits}
 
 
+def evaluate_attacks(model, test, n: int | None = None, steps: int | None = None, batch: int = 10
+                     ) -> tuple[dict, dict[str, torch.Tensor]]:
+    """FMN's minimal-L2 adversarial examples for the first ``n`` images of the seeded test subset (an ABS
+    model is attacked through its unrolled search); returns ``(record, artifact tensors)``."""
+    import time
+
+    from .abs import ABSClassifier
+    from .attacks import median_l2, minimal_l2
+
+    n = min(ATTACK_N if n is None else n, len(test))
+    steps = ATTACK_STEPS if steps is None else steps
+    index = _test_index(len(test), n)
+    x, y = test.batch(index)
+    unrolled = isinstance(model, ABSClassifier)
+    attacked = _abs_variant(model, unroll=True) if unrolled else model
+    start = time.perf_counter()
+    r = minimal_l2(attacked, x, y, method="fmn", steps=steps, seed=EVAL_SEED, batch_size=batch)
+    seconds = time.perf_counter() - start
+    with torch.no_grad():
+        logits = _logits_in_batches(model, r.x_adv, batch)
+    broken = torch.where(r.misclassified, 0.0, r.distance)  # clean errors count as broken at distance 0
+    median, (lo, hi) = median_l2(broken)
+    record = {"n": n, "subset_seed": EVAL_SEED, "method": r.method, "steps": steps, "unrolled_search": unrolled,
+              "settings": json.loads(json.dumps(r.settings, default=str)),
+              "misclassified_clean": int(r.misclassified.sum()), "failed": int(r.failed.sum()),
+              "median_l2": median, "median_l2_interval_68": [lo, hi],
+              "queries_per_image": float(r.queries.double().mean()),
+              "seconds_per_image": round(seconds / n, 2), "torch_threads": torch.get_num_threads()}
+    tensors = {"indices": index, "labels": y, "x_adv": r.x_adv.float().contiguous(), "distance": r.distance,
+               "misclassified": r.misclassified, "failed": r.failed, "queries": r.queries,
+               "gradients": r.gradients, "logits_adv": logits}
+    return record, tensors
+
+
 def evaluate_shipped(name: str, what: str = "corrupt", dataset: str = "fashion-mnist",
                      root: str | os.PathLike | None = None, test=None, progress: bool = True) -> Path:
     """Compute a robustness artifact (``what``: one of :data:`EVALUATE_KINDS`) for shipped model ``name`` and
@@ -1006,7 +1045,10 @@ def evaluate_shipped(name: str, what: str = "corrupt", dataset: str = "fashion-m
     model = checkpoints.load(Path(root or checkpoint_root()) / dataset / name, device="cpu", verify=True).eval()
     if test is None:
         test = data.load(dataset)[2]
-    record, tensors = evaluate_corruptions(model, test, progress=progress)
+    if what == "corrupt":
+        record, tensors = evaluate_corruptions(model, test, progress=progress)
+    else:
+        record, tensors = evaluate_attacks(model, test)
     return evals.save(evals.path_of(name, what, dataset, root), tensors, model_sha256=model.manifest["sha256"],
                       inputs={"dataset": dataset, "split": "test", "subset_seed": EVAL_SEED, "n": record["n"]},
                       model=name, what=evals.KINDS[what], **record)
@@ -1033,6 +1075,48 @@ def _verify_corruptions(model, name: str, dataset: str, root, test, g: torch.Gen
         if not torch.allclose(got, want, rtol=rtol, atol=1e-4):
             problems.append(f"corrupt {versions[v]} image {i}: logits differ by up to {float((got - want).abs().max()):.3e}")
     return problems
+
+
+@torch.no_grad()
+def _verify_attacks(model, name: str, dataset: str, root, test, g: torch.Generator, rtol: float) -> list[str]:
+    """Check a shipped "attack-l2" artifact: its images are the seeded subset, every stated distance is the
+    L2 norm of its perturbation, the shipped logits put every attacked image in another class, and the
+    model's logits on ATTACK_CHECK_N random adversarial images are the shipped ones (to ``rtol``)."""
+    from . import evals
+
+    t, _ = evals.load(evals.path_of(name, "attack-l2", dataset, root), model_sha256=model.manifest["sha256"])
+    problems = []
+    n = len(t["indices"])
+    x, y = test.batch(t["indices"])
+    if not torch.equal(t["indices"], _test_index(len(test), n)) or not torch.equal(t["labels"], y):
+        problems.append("attack-l2: the artifact's images are not the seeded test subset it names")
+    found = ~(t["misclassified"] | t["failed"])
+    norms = (t["x_adv"].double() - x.double()).flatten(1).norm(dim=1)
+    if not torch.allclose(norms[found], t["distance"][found], rtol=1e-5, atol=1e-6):
+        problems.append("attack-l2: a stated distance is not the norm of its perturbation")
+    if bool((t["logits_adv"][found].argmax(1) == y[found]).any()):
+        problems.append("attack-l2: an adversarial image is classified correctly by the shipped logits")
+    if float(t["x_adv"].min()) < 0 or float(t["x_adv"].max()) > 1:
+        problems.append("attack-l2: adversarial images outside [0, 1]")
+    rows = found.nonzero().squeeze(1)
+    for i in rows[torch.randperm(len(rows), generator=g)[:ATTACK_CHECK_N]].tolist():
+        got = model(t["x_adv"][i:i + 1]).float()
+        want = t["logits_adv"][i:i + 1]
+        if not torch.allclose(got, want, rtol=rtol, atol=1e-4):
+            problems.append(f"attack-l2 image {i}: logits differ by up to {float((got - want).abs().max()):.3e}")
+    return problems
+
+
+def _verify_artifacts(model, name: str, dataset: str, root, test, g: torch.Generator, rtol: float) -> list[str]:
+    """The checks of the robustness artifacts a shipped model has (kinds in :data:`EVALUATE_KINDS`)."""
+    from . import evals
+
+    checks = {"corrupt": _verify_corruptions, "attack-l2": _verify_attacks}
+    def shipped(kind: str) -> bool:
+        stem = evals.path_of(name, kind, dataset, root)
+        return stem.with_name(stem.name + ".json").is_file()
+
+    return [p for kind in EVALUATE_KINDS if shipped(kind) for p in checks[kind](model, name, dataset, root, test, g, rtol)]
 
 
 def _commit(scratch: Path, name: str, dest: Path) -> None:
@@ -1077,6 +1161,12 @@ def verify(name: str, dataset: str = "fashion-mnist", root: str | os.PathLike | 
               "measured": evaluate(model, ci_subset(test) if subset else test)}
     if e is not None and e.certify_sigma and "certified" in model.manifest["info"]:
         result["certify_problems"] = _verify_certified(model, name, dataset, root, test, e)
+    import random
+
+    seed = random.SystemRandom().randrange(2**31)
+    artifact_problems = _verify_artifacts(model, name, dataset, root, test, torch.Generator().manual_seed(seed), 1e-4)
+    if artifact_problems:
+        result["artifact_problems"] = [f"{p} (sample seed {seed})" for p in artifact_problems]
     return result
 
 
@@ -1115,7 +1205,7 @@ def _mismatches(result: dict) -> list[str]:
     if "problems" in result:  # the diffusion and ABS families' checks (_verify_diffusion, _verify_abs)
         return list(result["problems"])
     want, got = result["manifest"], result["measured"]
-    problems = list(result.get("certify_problems", []))
+    problems = list(result.get("certify_problems", [])) + list(result.get("artifact_problems", []))
     for key in ("n", "correct"):
         if want.get(key) != got[key]:
             problems.append(f"{key}: manifest {want.get(key)}, measured {got[key]}")
@@ -1359,7 +1449,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("names", nargs="*", help="default: every shipped model")
     r.add_argument("--subset", action="store_true", help=f"only (re)write the record on the fixed {CI_SUBSET}-image "
                    "test subset the tests check")
-    ev = sub.add_parser("evaluate", help="compute a robustness artifact of a shipped model (what: corrupt)")
+    ev = sub.add_parser("evaluate", help="compute a robustness artifact of a shipped model (what: corrupt, attack-l2)")
     ev.add_argument("name")
     ev.add_argument("--what", default="corrupt", choices=EVALUATE_KINDS)
     v = sub.add_parser("verify", help="recompute the test figures of shipped models and compare")

@@ -158,10 +158,7 @@ for sd in sigma_list:
             glue(f"certified_diff_se_{key}", f"{100 * float(d.std() / math.sqrt(m)):.1f}", display=False)
         rows.append(diff_row)
 table = pd.DataFrame(rows).astype(object).fillna("")
-md = table.to_markdown(index=False)
-with open(f"{figures}/table_certified.md", "w") as f:
-    f.write(md + "\n")
-table.to_csv(f"{figures}/table_certified.csv", index=False)
+md = plotting.save_frame(table, "table_certified", figures)
 glue("table_certified", table, display=False)
 display(Markdown(md))
 for row in rows:

@@ -234,19 +234,13 @@ for name in gcs:  # the IB-INNs' own consistency with the DC, for reference
                              "difference_se_pct": "", "kappa_with_diffusion": "",
                              "kappa_se": "", "kappa_between": round(robust.error_consistency(right[name], right[dc])["kappa"], 3)})
 compare_table = pd.DataFrame(compare_rows).astype(object).fillna("")
-md = compare_table.to_markdown(index=False)
-with open(f"{figures}/table_diffusion_compare.md", "w") as f:
-    f.write(md + "\n")
-compare_table.to_csv(f"{figures}/table_diffusion_compare.csv", index=False)
+md = plotting.save_frame(compare_table, "table_diffusion_compare", figures)
 glue("table_diffusion_compare", compare_table, display=False)
 display(Markdown(f"On {len(y_t)} test images (the diffusion classifier: {100 * diff_right.mean():.2f} %):\n\n" + md))
 
 cal_rows = [calibration.calibration_row(name, p, labels, n_bootstrap=n_bootstrap) for name, p in probs_sub.items()]
 cal_table = pd.DataFrame(cal_rows)[["model", "n", "accuracy_pct", "accuracy_se", "ece_pct", "ece_se", "nll", "nll_se"]]
-md = cal_table.to_markdown(index=False)
-with open(f"{figures}/table_diffusion_calibration.md", "w") as f:
-    f.write(md + "\n")
-cal_table.to_csv(f"{figures}/table_diffusion_calibration.csv", index=False)
+md = plotting.save_frame(cal_table, "table_diffusion_calibration", figures)
 glue("table_diffusion_calibration", cal_table, display=False)
 display(Markdown(md))
 for r in compare_rows:

@@ -52,8 +52,9 @@ def test_both_attacks_find_the_closed_form_distance_of_a_linear_classifier(metho
         assert (model(result.x_adv).argmax(1) != y).all()
     torch.testing.assert_close((result.x_adv - x).flatten(1).norm(dim=1).double(), result.distance)
     assert all(p.grad is None for p in model.parameters()) and all(p.requires_grad for p in model.parameters())
-    if method == "fmn":  # one pass per step plus the clean classification and the final check
-        assert result.queries.tolist() == [steps + 2] * 4 and result.gradients.tolist() == [steps] * 4
+    if method == "fmn":  # one backward pass per step; besides them the clean classification, the start's
+        # draws and check, foolbox's 10-pass binary search from the start, and the final check
+        assert result.gradients.tolist() == [steps] * 4 and (result.queries >= steps + 2 + 1 + 10).all()
     else:  # the gradient estimates alone take sum_t 100 sqrt(t) label queries
         estimates = sum(int(100 * math.sqrt(t)) for t in range(1, steps + 1))
         assert (result.queries >= estimates).all() and (result.queries < 1.2 * estimates).all()
@@ -74,8 +75,8 @@ def test_misclassified_images_are_flagged_not_attacked_and_the_budget_holds():
     assert (result.distance[[0, 2]] >= exact[[0, 2]] - 1e-4).all()
     again = attacks.minimal_l2(model, x, y_bad, "hsj", 40, max_queries=800, seed=0)
     assert torch.equal(again.distance, result.distance)  # seeded
-    capped = attacks.minimal_l2(model, x, y, "fmn", 50, max_queries=12)
-    assert capped.queries.tolist() == [12] * 3 and capped.gradients.tolist() == [10] * 3
+    capped = attacks.minimal_l2(model, x, y, "fmn", 50, max_queries=30, options={"init_draws": 5})
+    assert (capped.queries <= 30).all() and (capped.gradients < 30).all() and (capped.gradients > 0).all()
 
 
 def test_an_image_without_a_misclassified_start_fails_with_inf():
@@ -86,22 +87,24 @@ def test_an_image_without_a_misclassified_start_fails_with_inf():
         model[1].bias.copy_(torch.tensor([1.0, 0.0]))
     x, y = torch.full((2, 1, 28, 28), 0.5), torch.zeros(2, dtype=torch.long)
     for method in ("hsj", "fmn"):
-        result = attacks.minimal_l2(model, x, y, method, 5, options={"init_draws": 3} if method == "hsj" else None)
+        result = attacks.minimal_l2(model, x, y, method, 5, options={"init_draws": 3})
         assert result.failed.all() and torch.isinf(result.distance).all() and not result.misclassified.any()
         assert torch.equal(result.x_adv, x)
-    assert result.queries.tolist() == [5 + 2] * 2
+        assert result.queries.tolist() == [1 + 3] * 2 and result.gradients.tolist() == [0, 0]  # clean pass, draws
 
 
 def test_fmn_runs_through_an_unrolled_abs_search():
     cfg = ABSConfig(num_classes=3, width=4, n_prior_samples=16, n_steps=2, n_bound_samples=2, unroll=True,
                     logit_scale=0.05)
     model = ABSClassifier(cfg, seed=0).eval()
-    a = model.sample([0, 1], generator=torch.Generator().manual_seed(0))
-    x = torch.stack([0.6 * a[0] + 0.4 * a[1], 0.4 * a[0] + 0.6 * a[1]])  # blends of two classes' samples
+    a = model.sample([0, 1, 2], generator=torch.Generator().manual_seed(0))
+    # blends of two classes' samples; the model puts them in two classes, so each has a start in the other
+    x = torch.stack([0.7 * a[0] + 0.3 * a[1], 0.7 * a[1] + 0.3 * a[2], 0.7 * a[2] + 0.3 * a[0]])
     with torch.no_grad():
         y = model(x).argmax(1)
-    result = attacks.minimal_l2(model, x, y, "fmn", 4, batch_size=2)
-    assert result.gradients.tolist() == [4, 4] and result.queries.tolist() == [6, 6]
+    assert len(set(y.tolist())) > 1
+    result = attacks.minimal_l2(model, x, y, "fmn", 4, batch_size=3)
+    assert result.gradients.tolist() == [4, 4, 4] and (result.queries > 4 + 2).all()
     assert not result.failed.any()
     with torch.no_grad():
         assert (model(result.x_adv).argmax(1) != y).all()
@@ -132,7 +135,7 @@ def test_median_l2_and_its_order_statistic_interval():
 def test_bad_arguments_raise_input_errors():
     model, x, y, _ = linear_problem(n=2)
     for kwargs in (dict(method="boundary"), dict(steps=0), dict(options={"steps": 3}), dict(max_queries=2),
-                   dict(batch_size=0), dict(method="fmn", options={"init_draws": 3})):
+                   dict(batch_size=0), dict(method="fmn", options={"initial_gradient_eval_steps": 3})):
         with pytest.raises(InputError):
             attacks.minimal_l2(model, x, y, **kwargs)
     with pytest.raises(InputError):

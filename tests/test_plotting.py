@@ -142,3 +142,14 @@ def test_every_svg_in_the_repository_has_numbered_clip_paths():
     for path in sorted((ROOT / "figures").glob("*.svg")):
         text = path.read_text()
         assert plotting.stable_svg_ids(text) == text, f"{path.name}: clip paths not numbered (saved without savefig?)"
+
+
+def test_save_frame_writes_markdown_and_csv(tmp_path):
+    import pandas as pd
+
+    from gclib import plotting
+
+    table = pd.DataFrame([{"model": "a", "acc": 1.5}, {"model": "b", "acc": 2.0}])
+    md = plotting.save_frame(table, "table_x", tmp_path / "out")
+    assert (tmp_path / "out" / "table_x.md").read_text() == md + "\n" and md.splitlines()[0].startswith("| model")
+    assert pd.read_csv(tmp_path / "out" / "table_x.csv").equals(table)

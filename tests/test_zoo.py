@@ -271,3 +271,32 @@ def test_corruption_artifact_is_computed_for_a_shipped_model_and_verified(tmp_pa
     assert len(zoo._verify_corruptions(model, "gc-beta-8", DATASET, tmp_path, fashion[2], g, 1e-3)) == zoo.CORRUPT_CHECK_N
     with pytest.raises(ConfigError, match="unknown evaluation"):
         zoo.evaluate_shipped("gc-beta-8", "attack", DATASET, root=tmp_path, test=fashion[2])
+
+
+def test_attack_artifact_is_computed_for_a_shipped_model_and_verified(tmp_path, fashion, monkeypatch):
+    """python -m gclib.zoo evaluate NAME --what attack-l2: FMN's minimal-L2 adversarial examples of the seeded
+    subset; verify checks the norms, that they fool the model, and recomputes a sample of their logits."""
+    from gclib import evals
+
+    folder = tmp_path / DATASET
+    folder.mkdir()
+    for suffix in (".json", ".safetensors"):
+        shutil.copy(zoo.checkpoint_root() / DATASET / f"gc-beta-8{suffix}", folder)
+    monkeypatch.setattr(zoo, "ATTACK_N", 4)
+    monkeypatch.setattr(zoo, "ATTACK_STEPS", 20)
+    path = zoo.evaluate_shipped("gc-beta-8", "attack-l2", DATASET, root=tmp_path, test=fashion[2], progress=False)
+    manifest = json.loads(path.read_text())
+    t, _ = evals.load(path, model_sha256=manifest["model_sha256"])
+    info = manifest["info"]
+    assert (info["n"], info["steps"], info["method"], info["unrolled_search"]) == (4, 20, "fmn", False)
+    found = ~(t["misclassified"] | t["failed"])
+    assert found.sum() >= 3 and torch.isfinite(t["distance"][found]).all() and (t["distance"][found] > 0).all()
+    assert math.isfinite(info["median_l2"]) and info["median_l2_interval_68"][0] <= info["median_l2"]
+    model = gclib.load(folder / "gc-beta-8")
+    assert (model(t["x_adv"][found]).argmax(1) != t["labels"][found]).all()  # they fool the model
+    result = zoo.verify("gc-beta-8", DATASET, root=tmp_path, test=fashion[2], subset=True)
+    assert zoo._mismatches(result) == [], result
+    t["distance"] = t["distance"] * 0.5  # a claimed distance smaller than the perturbation is caught
+    evals.save(path.with_suffix(""), t, model_sha256=manifest["model_sha256"], inputs=manifest["inputs"], **info)
+    assert any("norm of its perturbation" in p for p in zoo._mismatches(
+        zoo.verify("gc-beta-8", DATASET, root=tmp_path, test=fashion[2], subset=True)))
