@@ -189,7 +189,15 @@ def run_notebooks(params: str = "paper", executed: str | os.PathLike | None = No
             os.environ.pop("TQDM_DISABLE", None)
         else:
             os.environ["TQDM_DISABLE"] = env_before
-    (executed / f"timings-{params}.json").write_text(json.dumps(timings, indent=1) + "\n")
+    path = executed / f"timings-{params}.json"
+    kept = []
+    if only and path.is_file():  # a partial run keeps the other notebooks' last timings
+        try:
+            done = {t["name"] for t in timings}
+            kept = [t for t in json.loads(path.read_text()) if isinstance(t, dict) and t.get("name") not in done]
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            kept = []
+    path.write_text(json.dumps(kept + timings, indent=1) + "\n")
     log(f"{len(timings)} notebooks in {sum(t['seconds'] for t in timings):.0f} s (parameter set {params!r})")
     return timings
 

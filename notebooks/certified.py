@@ -110,7 +110,11 @@ for ax, sd in zip(axes[0], sigma_list):
     ax.set_xlabel("L2 radius r")
     ax.set_ylim(0, 100)
 axes[0][0].set_ylabel(f"certified accuracy (%, up to {n} images)")
-axes[0][0].legend(fontsize=7)
+legend = {}  # every base once, whichever panel has it (ABS has no sigma = 0.12 panel)
+for ax in axes[0]:
+    for handle, label in zip(*ax.get_legend_handles_labels()):
+        legend.setdefault(label, handle)
+axes[0][0].legend(list(legend.values()), list(legend), fontsize=7)
 plotting.savefig(fig, "fig_certified", figures)
 glue("fig_certified", fig, display=False)
 
