@@ -806,7 +806,7 @@ def minimal_l2(model, x: Tensor, y: Tensor, method: str = "hsj", steps: int | No
       from a misclassified point (``init_draws`` uniform noise draws, else the nearest image of ``x`` in
       another class), binary-searches (10 passes) towards the image and shrinks from there. Started at the
       clean image instead, it approaches the boundary from the correct side by a linear extrapolation
-      |margin| / ||grad||, which on the confident log-posteriors of the shipped models underestimates the
+      ``|margin| / ||grad||``, which on the confident log-posteriors of the shipped models underestimates the
       distance so much that it failed on 3 of 4 test images for the ResNet and 4 of 4 for the beta = 8 GC in
       100 steps (measured).
 
