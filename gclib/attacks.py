@@ -674,6 +674,8 @@ class MinimalL2Result:
             batch): the clean classification, the start's draws and checks (HSJ), every attack step's passes,
             the final check.
         gradients: [N] int64, how many of ``queries`` had a backward pass to the image (FMN's steps; 0 for HSJ).
+        start_distance: [N] float64, the L2 distance of the misclassified point the attack started from (inf
+            where it had none or was not attacked): ``start_distance / distance`` is how far the attack shrank it.
         method: ``"hsj"`` or ``"fmn"``.
         settings: the full attack settings (steps, options, ``max_queries``, seed, batch size, foolbox version):
             the budget to state with the numbers.
@@ -685,6 +687,7 @@ class MinimalL2Result:
     failed: Tensor
     queries: Tensor
     gradients: Tensor
+    start_distance: Tensor
     method: str
     settings: dict
 
@@ -863,6 +866,7 @@ def minimal_l2(model, x: Tensor, y: Tensor, method: str = "hsj", steps: int | No
     queries = torch.zeros(n, dtype=torch.long)
     gradients = torch.zeros(n, dtype=torch.long)
     distance = torch.full((n,), math.inf, dtype=torch.float64)
+    start_distance = torch.full((n,), math.inf, dtype=torch.float64)
     x_adv = x.detach().cpu().clone()
     settings = {"method": method, "steps": steps, **opts, "max_queries": max_queries, "seed": seed,
                 "batch_size": batch_size, "foolbox": fb.__version__}
@@ -886,8 +890,6 @@ def minimal_l2(model, x: Tensor, y: Tensor, method: str = "hsj", steps: int | No
             for chunk in todo.split(batch_size):
                 xb, yb = x[chunk.to(device)], y[chunk.to(device)]
                 q = queries[chunk]  # a copy; written back below
-                rows = torch.arange(len(chunk), device=device)
-                starts = None
                 # both attacks start from a misclassified point (FMN: see the docstring)
                 draws = opts["init_draws"] if max_queries is None else min(opts["init_draws"], max_queries - 3)
                 starts, has = _hsj_starts(model, xb, yb, x, pred, draws, generator, q)
@@ -899,8 +901,8 @@ def minimal_l2(model, x: Tensor, y: Tensor, method: str = "hsj", steps: int | No
                 if len(rows):
                     cap = None if max_queries is None else max_queries - int(q[rows.cpu()].max()) - 1
                     tracked = _Tracked(model, xb[rows], yb[rows], cap).eval()
-                    if starts is not None:
-                        tracked.record(starts[rows], torch.ones(len(rows), dtype=torch.bool, device=device))
+                    tracked.record(starts[rows], torch.ones(len(rows), dtype=torch.bool, device=device))
+                    start_distance[chunk[rows.cpu()]] = tracked.distance.cpu()
                     if cap is None or cap > 0:
                         fmodel = fb.PyTorchModel(tracked, bounds=(0, 1), device=device)
                         criterion = fb.criteria.Misclassification(yb[rows])
@@ -930,7 +932,8 @@ def minimal_l2(model, x: Tensor, y: Tensor, method: str = "hsj", steps: int | No
         for p in params:
             p.requires_grad_(True)
     failed = ~misclassified & torch.isinf(distance)
-    return MinimalL2Result(x_adv, distance, misclassified, failed, queries, gradients, method, settings)
+    return MinimalL2Result(x_adv, distance, misclassified, failed, queries, gradients, start_distance, method,
+                           settings)
 
 
 def median_l2(distances, level: float = 0.6827) -> tuple[float, tuple[float, float]]:

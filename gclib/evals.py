@@ -9,7 +9,7 @@ corrupted one, is refused; the tests recompute a random sample of every shipped 
 the model and require the same results (``gclib.zoo`` does this for the diffusion family).
 
 >>> sorted(KINDS)
-['abs-extra', 'abs-ood', 'abs-test', 'attack-l2', 'certify', 'corrupt', 'errors', 'test']
+['abs-extra', 'abs-ood', 'abs-test', 'attack-hsj', 'attack-l2', 'certify', 'corrupt', 'errors', 'test']
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ KINDS = {
                "of gclib.robust at the severities in the manifest (versions: gclib.zoo.corruption_versions)",
     "attack-l2": "minimal-L2 adversarial examples (gclib.attacks.minimal_l2) of the test subset: x_adv [N, C, H, W], "
                  "distance [N] (inf: misclassified already or not found), misclassified [N], failed [N], queries [N], "
-                 "gradients [N] and the model's logits on x_adv, logits_adv [N, C]",
+                 "gradients [N], start_distance [N] and the model's logits on x_adv, logits_adv [N, C] (FMN)",
+    "attack-hsj": "as attack-l2, from HopSkipJump (decision-based) on the model as deployed",
     "abs-ood": "for every OoD set of gclib.data.ood (SET.scores, SET.abs_scores, SET.reconstruction_mse, "
                "SET.loss_by_step), as in abs-test",
 }

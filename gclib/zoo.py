@@ -946,13 +946,20 @@ def _verify_abs(model, name: str, dataset: str, root, test, sample: int | None =
 # other model gets from robust.corrupt). `python -m gclib.zoo evaluate NAME --what corrupt` computes it for a
 # shipped model; verify recomputes CORRUPT_CHECK_N random (version, image) pairs when it is there.
 CORRUPT_N, CORRUPT_SEVERITIES, CORRUPT_CHECK_N = 100, (3,), 3
-# The kind "attack-l2": the minimal-L2 adversarial examples FMN (gclib.attacks.minimal_l2, a gradient attack;
-# for ABS through its unrolled search) finds in ATTACK_STEPS steps for the first ATTACK_N images of the seeded
-# subset, with their distances, query counts and the model's logits on them; verify recomputes the logits of
+# The kinds "attack-l2" and "attack-hsj": the minimal-L2 adversarial examples that FMN (a gradient attack; for
+# ABS through its unrolled search) and HopSkipJump (decision-based: it sees only the predicted label, so the
+# model as deployed, search included) find for the first ATTACK_N images of the seeded subset, with their
+# distances, start distances, query counts and the model's logits on them; verify recomputes the logits of
 # ATTACK_CHECK_N random adversarial images. The same images and budget for every model: a median adversarial
-# distance that can be compared, as ABS (Schott et al.) reports it.
-ATTACK_N, ATTACK_STEPS, ATTACK_CHECK_N = 10, 100, 2
-EVALUATE_KINDS = ("corrupt", "attack-l2")
+# distance that can be compared, as ABS (Schott et al.) reports it. The images are attacked in chunks of
+# ATTACK_BATCH, chunk c with seed EVAL_SEED + c, so that `evaluate --jobs K` gives the same artifact for any K.
+# HSJ's budget, 10 iterations (about 2,400 label queries an image), is what ABS affords on a CPU: its rule costs
+# 0.44 s a query and image on one core, about 17 min an image.
+ATTACK_N, ATTACK_CHECK_N = 10, 2
+ATTACK_METHODS = {"attack-l2": "fmn", "attack-hsj": "hsj"}
+ATTACK_STEPS = {"fmn": 100, "hsj": 10}
+ATTACK_BATCH = {"fmn": 10, "hsj": 5}
+EVALUATE_KINDS = ("corrupt", "attack-l2", "attack-hsj")
 
 
 def corruption_versions(severities=CORRUPT_SEVERITIES) -> list[tuple[str, int]]:
@@ -1000,55 +1007,98 @@ def evaluate_corruptions(model, test, n: int | None = None, severities=None, bat
     return record, {"indices": index, "labels": y, "logits": logits}
 
 
-def evaluate_attacks(model, test, n: int | None = None, steps: int | None = None, batch: int = 10
+def _attack_chunk(model, x: torch.Tensor, y: torch.Tensor, method: str, steps: int, seed: int, batch: int):
+    """One chunk of an attack artifact: ``minimal_l2`` on the model as the artifact attacks it (an ABS model
+    through its unrolled search for FMN; HSJ needs no gradient and queries the model as deployed)."""
+    from .abs import ABSClassifier
+    from .attacks import minimal_l2
+
+    if isinstance(model, (str, Path)):  # a worker of evaluate_attacks(jobs > 1): one thread, its own copy
+        torch.set_num_threads(1)
+        model = checkpoints.load(model, device="cpu", verify=False).eval()
+    attacked = _abs_variant(model, unroll=True) if method == "fmn" and isinstance(model, ABSClassifier) else model
+    return minimal_l2(attacked, x, y, method=method, steps=steps, seed=seed, batch_size=batch)
+
+
+def evaluate_attacks(model, test, n: int | None = None, steps: int | None = None, batch: int | None = None,
+                     method: str = "fmn", jobs: int = 1, source: str | os.PathLike | None = None
                      ) -> tuple[dict, dict[str, torch.Tensor]]:
-    """FMN's minimal-L2 adversarial examples for the first ``n`` images of the seeded test subset (an ABS
-    model is attacked through its unrolled search); returns ``(record, artifact tensors)``."""
+    """Minimal-L2 adversarial examples (``method``: ``"fmn"`` or ``"hsj"``, see :func:`gclib.attacks.minimal_l2`)
+    for the first ``n`` images of the seeded test subset; returns ``(record, artifact tensors)``.
+
+    The images are attacked in chunks of ``batch`` (default :data:`ATTACK_BATCH`), chunk c with seed
+    ``EVAL_SEED + c``; with ``jobs`` > 1 the chunks run in that many processes (one thread each), which load
+    the model from ``source`` (its checkpoint path): the result does not depend on ``jobs``.
+    """
     import time
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
 
     from .abs import ABSClassifier
-    from .attacks import median_l2, minimal_l2
+    from .attacks import MINIMAL_L2_METHODS, median_l2
 
+    if method not in MINIMAL_L2_METHODS:
+        raise ConfigError(f"unknown attack {method!r}; use one of {', '.join(MINIMAL_L2_METHODS)}")
     n = min(ATTACK_N if n is None else n, len(test))
-    steps = ATTACK_STEPS if steps is None else steps
+    steps = ATTACK_STEPS[method] if steps is None else steps
+    batch = ATTACK_BATCH[method] if batch is None else batch
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ConfigError(f"jobs must be an integer >= 1, got {jobs!r}")
+    if jobs > 1 and source is None:
+        raise ConfigError("evaluate_attacks with jobs > 1 needs source, the model's checkpoint path, for the workers")
     index = _test_index(len(test), n)
     x, y = test.batch(index)
-    unrolled = isinstance(model, ABSClassifier)
-    attacked = _abs_variant(model, unroll=True) if unrolled else model
-    start = time.perf_counter()
-    r = minimal_l2(attacked, x, y, method="fmn", steps=steps, seed=EVAL_SEED, batch_size=batch)
+    chunks = [(x[s:s + batch], y[s:s + batch], method, steps, EVAL_SEED + c, batch)
+              for c, s in enumerate(range(0, n, batch))]
+    start, threads = time.perf_counter(), torch.get_num_threads()
+    if jobs > 1:
+        with ProcessPoolExecutor(min(jobs, len(chunks)), mp_context=get_context("spawn")) as pool:
+            parts = list(pool.map(_attack_chunk, [str(source)] * len(chunks), *zip(*chunks)))
+    else:
+        try:  # one thread, as in the workers: a decision near the boundary can flip with the summation order
+            torch.set_num_threads(1)
+            parts = [_attack_chunk(model, *c) for c in chunks]
+        finally:
+            torch.set_num_threads(threads)
     seconds = time.perf_counter() - start
+    r = {k: torch.cat([getattr(p, k) for p in parts]) for k in
+         ("x_adv", "distance", "misclassified", "failed", "queries", "gradients", "start_distance")}
     with torch.no_grad():
-        logits = _logits_in_batches(model, r.x_adv, batch)
-    broken = torch.where(r.misclassified, 0.0, r.distance)  # clean errors count as broken at distance 0
+        logits = _logits_in_batches(model, r["x_adv"], batch)
+    broken = torch.where(r["misclassified"], 0.0, r["distance"])  # clean errors count as broken at distance 0
     median, (lo, hi) = median_l2(broken)
-    record = {"n": n, "subset_seed": EVAL_SEED, "method": r.method, "steps": steps, "unrolled_search": unrolled,
-              "settings": json.loads(json.dumps(r.settings, default=str)),
-              "misclassified_clean": int(r.misclassified.sum()), "failed": int(r.failed.sum()),
+    settings = {**parts[0].settings, "seed": f"{EVAL_SEED} + chunk index (chunks of {batch})"}
+    unrolled = method == "fmn" and isinstance(model, ABSClassifier)
+    record = {"n": n, "subset_seed": EVAL_SEED, "method": method, "steps": steps, "unrolled_search": unrolled,
+              "settings": json.loads(json.dumps(settings, default=str)),
+              "misclassified_clean": int(r["misclassified"].sum()), "failed": int(r["failed"].sum()),
               "median_l2": median, "median_l2_interval_68": [lo, hi],
-              "queries_per_image": float(r.queries.double().mean()),
-              "seconds_per_image": round(seconds / n, 2), "torch_threads": torch.get_num_threads()}
-    tensors = {"indices": index, "labels": y, "x_adv": r.x_adv.float().contiguous(), "distance": r.distance,
-               "misclassified": r.misclassified, "failed": r.failed, "queries": r.queries,
-               "gradients": r.gradients, "logits_adv": logits}
+              "queries_per_image": float(r["queries"].double().mean()),
+              "seconds_per_image": round(seconds * min(jobs, len(chunks)) / n, 2), "jobs": jobs,
+              "torch_threads": 1}
+    tensors = {"indices": index, "labels": y, "x_adv": r["x_adv"].float().contiguous(), "distance": r["distance"],
+               "start_distance": r["start_distance"], "misclassified": r["misclassified"], "failed": r["failed"],
+               "queries": r["queries"], "gradients": r["gradients"], "logits_adv": logits}
     return record, tensors
 
 
 def evaluate_shipped(name: str, what: str = "corrupt", dataset: str = "fashion-mnist",
-                     root: str | os.PathLike | None = None, test=None, progress: bool = True) -> Path:
+                     root: str | os.PathLike | None = None, test=None, progress: bool = True, jobs: int = 1) -> Path:
     """Compute a robustness artifact (``what``: one of :data:`EVALUATE_KINDS`) for shipped model ``name`` and
-    write it to ``checkpoints/<dataset>/evals/<name>.<what>``, naming the weights' sha256."""
+    write it to ``checkpoints/<dataset>/evals/<name>.<what>``, naming the weights' sha256 (``jobs``: worker
+    processes of the attacks)."""
     from . import data, evals
 
     if what not in EVALUATE_KINDS:
         raise ConfigError(f"unknown evaluation {what!r}; use one of {', '.join(EVALUATE_KINDS)}")
-    model = checkpoints.load(Path(root or checkpoint_root()) / dataset / name, device="cpu", verify=True).eval()
+    path = Path(root or checkpoint_root()) / dataset / name
+    model = checkpoints.load(path, device="cpu", verify=True).eval()
     if test is None:
         test = data.load(dataset)[2]
     if what == "corrupt":
         record, tensors = evaluate_corruptions(model, test, progress=progress)
     else:
-        record, tensors = evaluate_attacks(model, test)
+        record, tensors = evaluate_attacks(model, test, method=ATTACK_METHODS[what], jobs=jobs, source=path)
     return evals.save(evals.path_of(name, what, dataset, root), tensors, model_sha256=model.manifest["sha256"],
                       inputs={"dataset": dataset, "split": "test", "subset_seed": EVAL_SEED, "n": record["n"]},
                       model=name, what=evals.KINDS[what], **record)
@@ -1078,32 +1128,36 @@ def _verify_corruptions(model, name: str, dataset: str, root, test, g: torch.Gen
 
 
 @torch.no_grad()
-def _verify_attacks(model, name: str, dataset: str, root, test, g: torch.Generator, rtol: float) -> list[str]:
-    """Check a shipped "attack-l2" artifact: its images are the seeded subset, every stated distance is the
-    L2 norm of its perturbation, the shipped logits put every attacked image in another class, and the
-    model's logits on ATTACK_CHECK_N random adversarial images are the shipped ones (to ``rtol``)."""
+def _verify_attacks(model, name: str, dataset: str, root, test, g: torch.Generator, rtol: float,
+                    kind: str = "attack-l2") -> list[str]:
+    """Check a shipped attack artifact (``kind``: "attack-l2" or "attack-hsj"): its images are the seeded subset,
+    every stated distance is the L2 norm of its perturbation and no larger than the start's, the shipped logits
+    put every attacked image in another class, and the model's logits on ATTACK_CHECK_N random adversarial
+    images are the shipped ones (to ``rtol``)."""
     from . import evals
 
-    t, _ = evals.load(evals.path_of(name, "attack-l2", dataset, root), model_sha256=model.manifest["sha256"])
+    t, _ = evals.load(evals.path_of(name, kind, dataset, root), model_sha256=model.manifest["sha256"])
     problems = []
     n = len(t["indices"])
     x, y = test.batch(t["indices"])
     if not torch.equal(t["indices"], _test_index(len(test), n)) or not torch.equal(t["labels"], y):
-        problems.append("attack-l2: the artifact's images are not the seeded test subset it names")
+        problems.append(f"{kind}: the artifact's images are not the seeded test subset it names")
     found = ~(t["misclassified"] | t["failed"])
     norms = (t["x_adv"].double() - x.double()).flatten(1).norm(dim=1)
     if not torch.allclose(norms[found], t["distance"][found], rtol=1e-5, atol=1e-6):
-        problems.append("attack-l2: a stated distance is not the norm of its perturbation")
+        problems.append(f"{kind}: a stated distance is not the norm of its perturbation")
+    if "start_distance" in t and bool((t["distance"][found] > t["start_distance"][found]).any()):
+        problems.append(f"{kind}: a stated distance is larger than the attack's start")
     if bool((t["logits_adv"][found].argmax(1) == y[found]).any()):
-        problems.append("attack-l2: an adversarial image is classified correctly by the shipped logits")
+        problems.append(f"{kind}: an adversarial image is classified correctly by the shipped logits")
     if float(t["x_adv"].min()) < 0 or float(t["x_adv"].max()) > 1:
-        problems.append("attack-l2: adversarial images outside [0, 1]")
+        problems.append(f"{kind}: adversarial images outside [0, 1]")
     rows = found.nonzero().squeeze(1)
     for i in rows[torch.randperm(len(rows), generator=g)[:ATTACK_CHECK_N]].tolist():
         got = model(t["x_adv"][i:i + 1]).float()
         want = t["logits_adv"][i:i + 1]
         if not torch.allclose(got, want, rtol=rtol, atol=1e-4):
-            problems.append(f"attack-l2 image {i}: logits differ by up to {float((got - want).abs().max()):.3e}")
+            problems.append(f"{kind} image {i}: logits differ by up to {float((got - want).abs().max()):.3e}")
     return problems
 
 
@@ -1111,12 +1165,16 @@ def _verify_artifacts(model, name: str, dataset: str, root, test, g: torch.Gener
     """The checks of the robustness artifacts a shipped model has (kinds in :data:`EVALUATE_KINDS`)."""
     from . import evals
 
-    checks = {"corrupt": _verify_corruptions, "attack-l2": _verify_attacks}
+    def check(kind: str) -> list[str]:
+        if kind == "corrupt":
+            return _verify_corruptions(model, name, dataset, root, test, g, rtol)
+        return _verify_attacks(model, name, dataset, root, test, g, rtol, kind=kind)
+
     def shipped(kind: str) -> bool:
         stem = evals.path_of(name, kind, dataset, root)
         return stem.with_name(stem.name + ".json").is_file()
 
-    return [p for kind in EVALUATE_KINDS if shipped(kind) for p in checks[kind](model, name, dataset, root, test, g, rtol)]
+    return [p for kind in EVALUATE_KINDS if shipped(kind) for p in check(kind)]
 
 
 def _commit(scratch: Path, name: str, dest: Path) -> None:
@@ -1449,9 +1507,11 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("names", nargs="*", help="default: every shipped model")
     r.add_argument("--subset", action="store_true", help=f"only (re)write the record on the fixed {CI_SUBSET}-image "
                    "test subset the tests check")
-    ev = sub.add_parser("evaluate", help="compute a robustness artifact of a shipped model (what: corrupt, attack-l2)")
+    ev = sub.add_parser("evaluate", help="compute a robustness artifact of a shipped model (what: corrupt, attack-l2, attack-hsj)")
     ev.add_argument("name")
     ev.add_argument("--what", default="corrupt", choices=EVALUATE_KINDS)
+    ev.add_argument("--jobs", type=int, default=1, help="worker processes for the attacks (one thread each); "
+                    "the artifact does not depend on it")
     v = sub.add_parser("verify", help="recompute the test figures of shipped models and compare")
     v.add_argument("names", nargs="*", help="default: every shipped model")
     v.add_argument("--subset", action="store_true", help=f"check the fixed {CI_SUBSET}-image subset only (fast)")
@@ -1481,7 +1541,7 @@ def main(argv: list[str] | None = None) -> int:
                 test = reevaluate(name, args.dataset, subset_only=args.subset)
                 print(f"{name}: {json.dumps({k: test[k] for k in ('accuracy', 'bits_per_dim') if k in test})}")
         elif args.cmd == "evaluate":
-            print(f"wrote {evaluate_shipped(args.name, args.what, args.dataset)}")
+            print(f"wrote {evaluate_shipped(args.name, args.what, args.dataset, jobs=args.jobs)}")
         elif args.cmd == "verify":
             failed = 0
             for name in args.names or available(args.dataset):

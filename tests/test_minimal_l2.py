@@ -51,6 +51,8 @@ def test_both_attacks_find_the_closed_form_distance_of_a_linear_classifier(metho
     with torch.no_grad():
         assert (model(result.x_adv).argmax(1) != y).all()
     torch.testing.assert_close((result.x_adv - x).flatten(1).norm(dim=1).double(), result.distance)
+    # the attack starts from a misclassified point further out and only shrinks it
+    assert (result.start_distance > 2 * result.distance).all() and torch.isfinite(result.start_distance).all()
     assert all(p.grad is None for p in model.parameters()) and all(p.requires_grad for p in model.parameters())
     if method == "fmn":  # one backward pass per step; besides them the clean classification, the start's
         # draws and check, foolbox's 10-pass binary search from the start, and the final check
@@ -69,6 +71,7 @@ def test_misclassified_images_are_flagged_not_attacked_and_the_budget_holds():
     result = attacks.minimal_l2(model, x, y_bad, "hsj", 40, max_queries=800, seed=0)
     assert result.misclassified.tolist() == [False, True, False]
     assert math.isinf(result.distance[1]) and not result.failed[1] and result.queries[1] == 1
+    assert math.isinf(result.start_distance[1])  # not attacked: no start
     assert torch.equal(result.x_adv[1], x[1])
     assert (result.queries <= 800).all() and (result.queries[[0, 2]] > 700).all()  # stopped by the cap
     assert torch.isfinite(result.distance[[0, 2]]).all()  # the best point so far is kept
@@ -89,6 +92,7 @@ def test_an_image_without_a_misclassified_start_fails_with_inf():
     for method in ("hsj", "fmn"):
         result = attacks.minimal_l2(model, x, y, method, 5, options={"init_draws": 3})
         assert result.failed.all() and torch.isinf(result.distance).all() and not result.misclassified.any()
+        assert torch.isinf(result.start_distance).all()
         assert torch.equal(result.x_adv, x)
         assert result.queries.tolist() == [1 + 3] * 2 and result.gradients.tolist() == [0, 0]  # clean pass, draws
 

@@ -283,7 +283,7 @@ def test_attack_artifact_is_computed_for_a_shipped_model_and_verified(tmp_path, 
     for suffix in (".json", ".safetensors"):
         shutil.copy(zoo.checkpoint_root() / DATASET / f"gc-beta-8{suffix}", folder)
     monkeypatch.setattr(zoo, "ATTACK_N", 4)
-    monkeypatch.setattr(zoo, "ATTACK_STEPS", 20)
+    monkeypatch.setattr(zoo, "ATTACK_STEPS", {"fmn": 20, "hsj": 2})
     path = zoo.evaluate_shipped("gc-beta-8", "attack-l2", DATASET, root=tmp_path, test=fashion[2], progress=False)
     manifest = json.loads(path.read_text())
     t, _ = evals.load(path, model_sha256=manifest["model_sha256"])
@@ -299,4 +299,37 @@ def test_attack_artifact_is_computed_for_a_shipped_model_and_verified(tmp_path, 
     t["distance"] = t["distance"] * 0.5  # a claimed distance smaller than the perturbation is caught
     evals.save(path.with_suffix(""), t, model_sha256=manifest["model_sha256"], inputs=manifest["inputs"], **info)
     assert any("norm of its perturbation" in p for p in zoo._mismatches(
+        zoo.verify("gc-beta-8", DATASET, root=tmp_path, test=fashion[2], subset=True)))
+
+
+def test_hsj_artifact_does_not_depend_on_the_worker_count(tmp_path, fashion):
+    """evaluate --what attack-hsj --jobs K: chunk c of the images is attacked with seed EVAL_SEED + c in one
+    thread, so one process and two worker processes write the same artifact; verify checks it, including
+    that no stated distance exceeds the start's."""
+    from gclib import evals
+
+    folder = tmp_path / DATASET
+    folder.mkdir()
+    for suffix in (".json", ".safetensors"):
+        shutil.copy(zoo.checkpoint_root() / DATASET / f"gc-beta-8{suffix}", folder)
+    model = gclib.load(folder / "gc-beta-8")
+    args = dict(n=4, steps=2, batch=2, method="hsj")
+    record, one = zoo.evaluate_attacks(model, fashion[2], **args)
+    _, two = zoo.evaluate_attacks(model, fashion[2], **args, jobs=2, source=folder / "gc-beta-8")
+    assert one.keys() == two.keys() and all(torch.equal(one[k], two[k]) for k in one)
+    assert (record["method"], record["unrolled_search"], record["settings"]["batch_size"]) == ("hsj", False, 2)
+    found = ~(one["misclassified"] | one["failed"])
+    assert found.sum() >= 3 and (one["distance"][found] < one["start_distance"][found]).all()
+    assert (one["queries"][found] > 100 + 141).all() and (one["gradients"] == 0).all()  # two label-only estimates
+    with pytest.raises(ConfigError, match="needs source"):
+        zoo.evaluate_attacks(model, fashion[2], **args, jobs=2)
+    with pytest.raises(ConfigError, match="unknown attack"):
+        zoo.evaluate_attacks(model, fashion[2], method="pgd")
+    path = evals.save(evals.path_of("gc-beta-8", "attack-hsj", DATASET, tmp_path), one,
+                      model_sha256=model.manifest["sha256"], inputs={"n": 4}, **record)
+    g = torch.Generator().manual_seed(0)
+    assert zoo._verify_attacks(model, "gc-beta-8", DATASET, tmp_path, fashion[2], g, 1e-3, kind="attack-hsj") == []
+    one["start_distance"] = one["distance"] * 0.5  # a start closer than the result is caught
+    evals.save(path.with_suffix(""), one, model_sha256=model.manifest["sha256"], inputs={"n": 4}, **record)
+    assert any("larger than the attack's start" in p for p in zoo._mismatches(
         zoo.verify("gc-beta-8", DATASET, root=tmp_path, test=fashion[2], subset=True)))
