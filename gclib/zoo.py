@@ -584,13 +584,19 @@ def _publish_diffusion(trained, run: Path, name: str, dataset: str, root, test) 
     return dest.with_name(f"{name}.json")
 
 
+def _check_subset(t: dict, test, what: str = "the artifact") -> list[str]:
+    """The problem, if any, of an artifact's ``indices`` and ``labels``: they must be the seeded test subset."""
+    n = len(t["indices"])
+    if torch.equal(t["indices"], _test_index(len(test), n)) and torch.equal(t["labels"], test.labels[t["indices"]]):
+        return []
+    return [f"{what}: the artifact's images are not the seeded test subset it names"]
+
+
 def _check_test_artifact(t: dict, record: dict, test) -> list[str]:
     """Problems of a per-image test artifact: its images must be the seeded subset it names, and its
     predictions must give the manifest's number correct."""
-    problems = []
+    problems = _check_subset(t, test, "test")
     n = len(t["indices"])
-    if not torch.equal(t["indices"], _test_index(len(test), n)) or not torch.equal(t["labels"], test.labels[t["indices"]]):
-        problems.append("the artifact's images are not the seeded test subset it names")
     correct = int((t["predictions"] == t["labels"]).sum())
     if (record.get("n"), record.get("correct")) != (n, correct):
         problems.append(f"manifest n={record.get('n')}, correct={record.get('correct')}; artifact {n}, {correct}")
@@ -1111,10 +1117,8 @@ def _verify_corruptions(model, name: str, dataset: str, root, test, g: torch.Gen
     from . import evals
 
     t, art = evals.load(evals.path_of(name, "corrupt", dataset, root), model_sha256=model.manifest["sha256"])
-    problems = []
+    problems = _check_subset(t, test, "corrupt")
     n = len(t["indices"])
-    if not torch.equal(t["indices"], _test_index(len(test), n)) or not torch.equal(t["labels"], test.labels[t["indices"]]):
-        problems.append("corrupt: the artifact's images are not the seeded test subset it names")
     versions = [(v.split(":")[0], int(v.split(":")[1])) for v in art["info"]["versions"]]
     x, _ = test.batch(t["indices"])
     for _ in range(CORRUPT_CHECK_N):
@@ -1137,11 +1141,8 @@ def _verify_attacks(model, name: str, dataset: str, root, test, g: torch.Generat
     from . import evals
 
     t, _ = evals.load(evals.path_of(name, kind, dataset, root), model_sha256=model.manifest["sha256"])
-    problems = []
-    n = len(t["indices"])
+    problems = _check_subset(t, test, kind)
     x, y = test.batch(t["indices"])
-    if not torch.equal(t["indices"], _test_index(len(test), n)) or not torch.equal(t["labels"], y):
-        problems.append(f"{kind}: the artifact's images are not the seeded test subset it names")
     found = ~(t["misclassified"] | t["failed"])
     norms = (t["x_adv"].double() - x.double()).flatten(1).norm(dim=1)
     if not torch.allclose(norms[found], t["distance"][found], rtol=1e-5, atol=1e-6):

@@ -444,7 +444,9 @@ for r in corr_rows:
 # `evals/<model>.attack-hsj`); here every adversarial image of each model is classified again from the
 # shipped weights (it must be misclassified) and its distance recomputed. "Shrink" is the median ratio of
 # the distance of the attack's misclassified start to the distance it ended at (how far the attack worked
-# its way in; recorded for the HSJ artifacts). The last column is the detection test of the robustness
+# its way in; recorded for the HSJ artifacts); "hsj_over_fmn" the median ratio of HSJ's distance to FMN's
+# on the images both broke: above 1 where the gradient attack is the stronger one, below 1 where the
+# gradient misleads FMN (masking would show here). The last column is the detection test of the robustness
 # chapter in its simplest form: how well each model's own density (the negative log-likelihood at the
 # image; ABS: its bound) tells its adversarial images from the clean ones (AUROC; with 10 + 10 images its SE
 # is about 0.1).
@@ -483,6 +485,9 @@ for name in attack_models:
                         "x_adv": torch.where(use_hsj[:, None, None, None], done["HSJ"]["x_adv"], done["FMN"]["x_adv"]),
                         "found": done["HSJ"]["found"] | done["FMN"]["found"], "x": done["FMN"]["x"],
                         "hsj_wins": int((use_hsj & done["HSJ"]["found"]).sum())}
+        both = done["HSJ"]["found"] & done["FMN"]["found"]
+        ratio = done["HSJ"]["broken"][both] / done["FMN"]["broken"][both]
+        done["best"]["hsj_over_fmn"] = round(float(ratio.median()), 2) if both.any() else ""
 print("every shipped adversarial image is misclassified by its model, distances recomputed")
 
 
@@ -514,7 +519,7 @@ for name, by in attack.items():
         if label == "best":
             row.update(attack=f"best of both (HSJ closer on {r['hsj_wins']})", clean_errors=by["FMN"]["info"]
                        ["misclassified_clean"], failed=int((torch.isinf(r["broken"])).sum()), mean_queries="",
-                       s_per_image="", shrink="")
+                       s_per_image="", shrink="", hsj_over_fmn=r["hsj_over_fmn"])
         else:
             info, a = r["info"], r["a"]
             shrink = ""
@@ -522,13 +527,13 @@ for name, by in attack.items():
                 shrink = round(float((a["start_distance"][found] / a["distance"][found]).median()), 1)
             row.update(attack=attack_label(label, info), clean_errors=info["misclassified_clean"],
                        failed=info["failed"], mean_queries=round(info["queries_per_image"], 1),
-                       s_per_image=info["seconds_per_image"], shrink=shrink)
+                       s_per_image=info["seconds_per_image"], shrink=shrink, hsj_over_fmn="")
         row.update(median_l2=round(med, 3), interval_68_lo=round(lo, 3), interval_68_hi=round(hi, 3),
                    density_detection_auroc="" if auroc is None else round(auroc, 2))
         row["key"] = label
         attack_rows.append(row)
 attack_table = pd.DataFrame(attack_rows)[["model", "attack", "n", "clean_errors", "failed", "median_l2",
-                                          "interval_68_lo", "interval_68_hi", "shrink", "mean_queries",
+                                          "interval_68_lo", "interval_68_hi", "shrink", "hsj_over_fmn", "mean_queries",
                                           "s_per_image", "density_detection_auroc"]]
 md = plotting.save_frame(attack_table, "table_abs_attacks", figures)
 glue("table_abs_attacks", attack_table, display=False)
@@ -555,10 +560,12 @@ for name in attack_models:
         if label == "best":
             glue(f"abs_best_hsj_wins_{k}", "n/a" if row is None else str(attack[name]["best"]["hsj_wins"]),
                  display=False)
+            glue(f"abs_hsj_over_fmn_{k}", "n/a" if row is None else str(row["hsj_over_fmn"]), display=False)
 
 # %% [markdown]
 # Left: the share of the attacked images each model still classifies correctly within an L2 budget, from
-# the closer of the two attacks per image (solid) and from HSJ alone (dotted): an upper bound on the true
+# the closer of the two attacks per image (solid; FMN alone where HSJ is not shipped) and from HSJ alone
+# (dotted): an upper bound on the true
 # robust accuracy. Right: the first image every model classifies correctly, and each model's closest
 # adversarial example of it with its distance.
 
@@ -570,11 +577,10 @@ curves = {name: by.get("best", by.get("FMN", by.get("HSJ"))) for name, by in att
 finite = torch.cat([r["broken"][torch.isfinite(r["broken"])] for by in attack.values() for r in by.values()])
 grid_l2 = np.linspace(0, max(float(finite.max()) * 1.05 if len(finite) else 1.0, 1e-3), 200)
 for (name, by), color in zip(attack.items(), ("C1", "C0", "C4", "C2", "C3", "C5")):
-    for label, style in (("best", "-"), ("HSJ", ":")):
-        if label in by:
-            still = [float((by[label]["broken"] > e).double().mean()) for e in grid_l2]
-            ax.plot(grid_l2, [100 * v for v in still], color=color, ls=style,
-                    label=name if label == "best" else None)
+    for r, style in ((curves[name], "-"), (by.get("HSJ"), ":")):
+        if r is not None:
+            still = [float((r["broken"] > e).double().mean()) for e in grid_l2]
+            ax.plot(grid_l2, [100 * v for v in still], color=color, ls=style, label=name if style == "-" else None)
 ax.set_xlabel("L2 budget")
 ax.set_ylabel(f"robust accuracy (%, {attack_rows[0]['n']} images)")
 ax.set_xscale("symlog", linthresh=0.01)
