@@ -24,7 +24,7 @@ import torch
 from .errors import InputError
 
 __all__ = ["one_tailed", "two_tailed", "typicality", "max_softmax", "entropy", "energy", "auroc", "auroc_se",
-           "gc_scores", "dc_scores", "detection_row",
+           "gc_scores", "dc_scores", "detection_row", "density_detection_auroc",
            "fpr_at_tpr", "GC_SCORES", "LOGIT_SCORES"]
 
 
@@ -80,6 +80,24 @@ def auroc(scores_in, scores_out) -> float:
     s_in, s_out = _flat(scores_in), _flat(scores_out)
     labels = np.r_[np.zeros(len(s_in)), np.ones(len(s_out))]
     return float(roc_auc_score(labels, np.r_[s_in, s_out]))
+
+
+def density_detection_auroc(model, x_clean, x_adv, batch_size: int = 10) -> float | None:
+    """How well a model's own density tells its adversarial images from clean ones: the AUROC of
+    ``-model.log_px(x)`` (the density at the image itself; a bound for ABS and the diffusion model), adversarial
+    positive. None for a model without a density (:func:`gclib.classifier.supports`). The simplest form of
+    the robustness chapter's detection test: no threshold, no adaptive attacker."""
+    from .classifier import supports
+    from .errors import check_batch_size
+
+    if not supports(model, "density"):
+        return None
+    check_batch_size(batch_size)
+    if len(x_clean) == 0 or len(x_adv) == 0:
+        raise InputError("density_detection_auroc needs at least one clean and one adversarial image")
+    with torch.no_grad():
+        nll = [-torch.cat([model.log_px(b) for b in x.split(batch_size)]) for x in (x_clean, x_adv)]
+    return auroc(nll[0], nll[1])
 
 
 def auroc_se(area: float, n_in: int, n_out: int) -> float:

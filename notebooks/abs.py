@@ -54,7 +54,7 @@ from myst_nb import glue
 from sklearn.metrics import roc_auc_score
 
 import gclib
-from gclib import calibration, evals, plotting, robust, zoo
+from gclib import calibration, detect, evals, plotting, robust, zoo
 from gclib.model import nats_to_bits_per_dim
 
 start = time.time()
@@ -491,17 +491,6 @@ for name in attack_models:
 print("every shipped adversarial image is misclassified by its model, distances recomputed")
 
 
-def density_auroc(m, x_clean, x_adv):
-    """AUROC of -log p(x) (the density at the image itself; ABS: its bound) for telling a model's adversarial
-    images from the clean ones they came from (adversarial positive); None for a model without a density."""
-    if not gclib.classifier.supports(m, "density"):
-        return None
-    with torch.no_grad():
-        nll = -torch.cat([m.log_px(torch.cat([x_clean, x_adv])[s:s + 10]) for s in range(0, 2 * len(x_adv), 10)])
-    truth = np.r_[np.zeros(len(x_clean)), np.ones(len(x_adv))]
-    return float(roc_auc_score(truth, nll.double().numpy()))
-
-
 def attack_label(label, info):
     if label == "FMN":
         return f"FMN, {info['steps']} steps" + (", unrolled search" if info["unrolled_search"] else "")
@@ -514,7 +503,7 @@ for name, by in attack.items():
     for label, r in by.items():
         med, (lo, hi) = median_l2(r["broken"])
         found = r["found"]
-        auroc = density_auroc(m, r["x"][found], r["x_adv"][found]) if found.sum() > 1 else None
+        auroc = detect.density_detection_auroc(m, r["x"][found], r["x_adv"][found]) if found.sum() > 1 else None
         row = {"model": name, "n": len(r["broken"])}
         if label == "best":
             row.update(attack=f"best of both (HSJ closer on {r['hsj_wins']})", clean_errors=by["FMN"]["info"]

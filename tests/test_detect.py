@@ -75,3 +75,26 @@ def test_transformed_sets_keep_shape_range_and_grid(name):
 def test_transformed_unknown_name():
     with pytest.raises(DataError, match="unknown transform 'sheared'"):
         gclib.data.transformed(torch.rand(1, 1, 28, 28), "sheared")
+
+
+def test_density_detection_auroc_reads_the_models_own_density_and_skips_models_without_one():
+    class Density(torch.nn.Module):
+        density_kind = "exact"
+
+        def __init__(self):
+            super().__init__()
+            self.batches = []
+
+        def log_px(self, x):
+            self.batches.append(len(x))
+            return -x.flatten(1).sum(1)  # brighter = less likely
+
+    m = Density()
+    clean, adv = torch.zeros(5, 1, 4, 4), torch.ones(3, 1, 4, 4)
+    adv[0] = 0.0  # one adversarial image as likely as the clean ones: a tie with all five
+    # AUROC = P(nll_adv > nll_clean) + ties / 2 = (2 * 5 + 0.5 * 5) / 15
+    assert detect.density_detection_auroc(m, clean, adv, batch_size=2) == pytest.approx(12.5 / 15)
+    assert m.batches == [2, 2, 1, 2, 1]
+    assert detect.density_detection_auroc(torch.nn.Linear(2, 2), clean, adv) is None
+    with pytest.raises(InputError, match="at least one"):
+        detect.density_detection_auroc(m, clean[:0], adv)
