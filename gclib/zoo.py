@@ -959,8 +959,8 @@ CORRUPT_N, CORRUPT_SEVERITIES, CORRUPT_CHECK_N = 100, (3,), 3
 # ATTACK_CHECK_N random adversarial images. The same images and budget for every model: a median adversarial
 # distance that can be compared, as ABS (Schott et al.) reports it. The images are attacked in chunks of
 # ATTACK_BATCH, chunk c with seed EVAL_SEED + c, so that `evaluate --jobs K` gives the same artifact for any K.
-# HSJ's budget, 10 iterations (about 2,400 label queries an image), is what ABS affords on a CPU: its rule costs
-# 0.44 s a query and image on one core, about 17 min an image.
+# HSJ's budget, 10 iterations (about 2,450 label queries an image), is what ABS affords on a CPU: about 21 min
+# of a core an attacked image (0.5 s a query).
 ATTACK_N, ATTACK_CHECK_N = 10, 2
 ATTACK_METHODS = {"attack-l2": "fmn", "attack-hsj": "hsj"}
 ATTACK_STEPS = {"fmn": 100, "hsj": 10}

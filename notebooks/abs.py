@@ -437,7 +437,7 @@ for r in corr_rows:
 #   shrunk towards the boundary; for ABS the gradient runs through its unrolled latent search
 #   (`ABSConfig.unroll`), so the search cannot hide it;
 # - HopSkipJump (HSJ): decision-based, it sees only the predicted label of the model as deployed (ABS: the
-#   full search), so no gradient can be masked; 10 iterations, about 2,400 label queries per image.
+#   full search), so no gradient can be masked; 10 iterations, about 2,450 label queries per image.
 #
 # and, per image, the best of both. Images a model gets wrong already count as broken at distance 0. The
 # attacks cost minutes per image for ABS, so they ship as evaluation artifacts (`evals/<model>.attack-l2`,
@@ -550,6 +550,28 @@ for name in attack_models:
             glue(f"abs_best_hsj_wins_{k}", "n/a" if row is None else str(attack[name]["best"]["hsj_wins"]),
                  display=False)
             glue(f"abs_hsj_over_fmn_{k}", "n/a" if row is None else str(row["hsj_over_fmn"]), display=False)
+
+# %% [markdown]
+# Paired on the same images: on how many of them ABS's closest adversarial example (the best of both attacks;
+# a clean error counts as 0) lies further out than another model's, with a two-sided sign test (ties,
+# e.g. both wrong already, dropped).
+
+# %%
+from scipy.stats import binomtest
+
+
+def closest(by):
+    return by.get("best", by.get("FMN", by.get("HSJ")))["broken"]
+
+
+for name in attack_models[1:]:
+    k = name.replace("-", "_")
+    d_abs, d_other = closest(attack[model_name]), closest(attack[name])
+    further, closer = int((d_abs > d_other).sum()), int((d_abs < d_other).sum())
+    p_value = binomtest(further, further + closer).pvalue if further + closer else float("nan")
+    print(f"{model_name} further out than {name} on {further} of {further + closer} images (sign test p = {p_value:.3f})")
+    glue(f"abs_further_{k}", f"{further} of {further + closer}", display=False)
+    glue(f"abs_further_p_{k}", f"{p_value:.2f}", display=False)
 
 # %% [markdown]
 # Left: the share of the attacked images each model still classifies correctly within an L2 budget, from
