@@ -9,7 +9,7 @@ corrupted one, is refused; the tests recompute a random sample of every shipped 
 the model and require the same results (``gclib.zoo`` does this for the diffusion family).
 
 >>> sorted(KINDS)
-['abs-extra', 'abs-ood', 'abs-test', 'attack-hsj', 'attack-l2', 'certify', 'corrupt', 'errors', 'test']
+['abs-extra', 'abs-ood', 'abs-test', 'attack-hsj', 'attack-l2', 'certify', 'corrupt', 'errors', 'score', 'test']
 """
 
 from __future__ import annotations
@@ -45,6 +45,9 @@ KINDS = {
                  "distance [N] (inf: misclassified already or not found), misclassified [N], failed [N], queries [N], "
                  "gradients [N], start_distance [N] and the model's logits on x_adv, logits_adv [N, C] (FMN)",
     "attack-hsj": "as attack-l2, from HopSkipJump (decision-based) on the model as deployed",
+    "score": "the score-based reading of a diffusion network (gclib.score, gclib.zoo.SCORE_READING) at the seeded "
+             "dequantized test images: scores [N, P, C] (each Hutchinson probe's log p(x|y), nats), predictions [N], "
+             "bits_per_dim [N] and its standard error over the probes bits_per_dim_se [N]",
     "abs-ood": "for every OoD set of gclib.data.ood (SET.scores, SET.abs_scores, SET.reconstruction_mse, "
                "SET.loss_by_step), as in abs-test",
 }

@@ -965,7 +965,129 @@ ATTACK_N, ATTACK_CHECK_N = 10, 2
 ATTACK_METHODS = {"attack-l2": "fmn", "attack-hsj": "hsj"}
 ATTACK_STEPS = {"fmn": 100, "hsj": 10}
 ATTACK_BATCH = {"fmn": 10, "hsj": 5}
-EVALUATE_KINDS = ("corrupt", "attack-l2", "attack-hsj")
+EVALUATE_KINDS = ("corrupt", "attack-l2", "attack-hsj", "score")
+
+
+# The score-based reading of the diffusion network (gclib.score, Zimmermann et al.): exact class log-likelihoods
+# from the probability-flow ODE, SCORE_READING's solver and probes, read at the seeded dequantized image (where
+# every family's bits/dim is read). 10 classes x 20 RK4 steps x 4 stages x (1 forward + 2 backward passes) is
+# about 7 s of a CPU core an image, so the artifact covers the first SCORE_N images of the seeded test subset
+# (the first 200 are the diffusion error matrix's, for paired comparisons), in chunks of SCORE_BATCH images,
+# each computed in one thread (the artifact does not depend on --jobs). The tests recompute one random chunk
+# image (SCORE_CHECK_N).
+SCORE_READING = {"steps": 20, "n_probes": 2, "seed": 0, "t_min": 1e-3, "grid": "log-snr"}
+SCORE_READINGS = {"score-unet32": "diffusion-unet32"}  # the reading's name -> the network's zoo name
+SCORE_N, SCORE_BATCH, SCORE_CHECK_N = 1000, 10, 1
+
+
+def score_reading(model):
+    """The zoo's score-based reading (:class:`gclib.score.ScoreClassifier`, :data:`SCORE_READING`) of a diffusion
+    classifier's network."""
+    from .score import ScoreClassifier
+
+    return ScoreClassifier.from_diffusion(model, **SCORE_READING).eval()
+
+
+def _score_chunk(model, x: torch.Tensor) -> torch.Tensor:
+    """Per-probe class log-likelihoods [B, P, C] (float64) of one chunk at its seeded evaluation point, in one
+    thread (``model``: a diffusion classifier, or its checkpoint path in a worker process)."""
+    from .model import evaluation_point
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        if isinstance(model, (str, Path)):
+            model = checkpoints.load(model, device="cpu", verify=False).eval()
+        with torch.no_grad():
+            return score_reading(model).class_scores_per_probe(evaluation_point(x, "seeded", EVAL_SEED)).double()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def evaluate_score(model, test, n: int | None = None, jobs: int = 1, source: str | os.PathLike | None = None,
+                   progress: bool = True, partial: str | os.PathLike | None = None
+                   ) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The score-based reading of a diffusion classifier on the first ``n`` images of the seeded test subset.
+
+    Returns ``(record, tensors)``: ``scores`` [N, P, C] (each probe's log p(x|y) in nats at the seeded
+    dequantized image), ``predictions`` [N] (the best class of the probes' mean), ``bits_per_dim`` [N] (of the
+    class mixture, an estimate) and its per-image standard error over the probes ``bits_per_dim_se`` [N]. With
+    ``jobs`` > 1 the chunks run in that many processes loading ``source``. ``partial``: a folder where every
+    finished chunk is kept (and found again when the run is repeated after an interruption).
+    """
+    import time
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    from tqdm import tqdm
+
+    from .model import nats_to_bits_per_dim
+
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ConfigError(f"jobs must be an integer >= 1, got {jobs!r}")
+    if jobs > 1 and source is None:
+        raise ConfigError("evaluate_score with jobs > 1 needs source, the model's checkpoint path, for the workers")
+    n = min(SCORE_N if n is None else n, len(test))
+    index = _test_index(len(test), n)
+    x, y = test.batch(index)
+    starts = list(range(0, n, SCORE_BATCH))
+    folder = Path(partial) if partial is not None else None
+    done: dict[int, torch.Tensor] = {}
+    if folder is not None:
+        from safetensors.torch import load_file
+
+        folder.mkdir(parents=True, exist_ok=True)
+        for s in starts:
+            f = folder / f"chunk-{s:06d}.safetensors"
+            if f.is_file():
+                part = load_file(str(f))
+                if torch.equal(part["indices"], index[s:s + SCORE_BATCH]):
+                    done[s] = part["scores"]
+    todo = [s for s in starts if s not in done]
+    start = time.perf_counter()
+
+    def keep(s: int, scores: torch.Tensor) -> None:
+        done[s] = scores
+        if folder is not None:
+            checkpoints._atomic_save_tensors({"indices": index[s:s + SCORE_BATCH], "scores": scores},
+                                             folder / f"chunk-{s:06d}.safetensors")
+
+    bar = tqdm(total=len(todo) * SCORE_BATCH, desc="score-based reading", unit="image", disable=not progress)
+    if jobs > 1 and len(todo) > 1:
+        with ProcessPoolExecutor(min(jobs, len(todo)), mp_context=get_context("spawn")) as pool:
+            for s, scores in zip(todo, pool.map(_score_chunk, [str(source)] * len(todo),
+                                                [x[s:s + SCORE_BATCH] for s in todo])):
+                keep(s, scores)
+                bar.update(len(scores))
+    else:
+        for s in todo:
+            keep(s, _score_chunk(model, x[s:s + SCORE_BATCH]))
+            bar.update(min(SCORE_BATCH, n - s))
+    bar.close()
+    seconds = time.perf_counter() - start
+    scores = torch.cat([done[s] for s in starts])  # [N, P, C]
+    log_prior = -math.log(scores.shape[2])
+    per_probe = torch.logsumexp(scores + log_prior, dim=2)  # [N, P]: log p(x) of each probe's estimate
+    d = math.prod(x.shape[1:])
+    bpd = nats_to_bits_per_dim(torch.logsumexp(scores.mean(1) + log_prior, dim=1), d)  # as ScoreClassifier.log_px
+    p = scores.shape[1]
+    bpd_se = (nats_to_bits_per_dim(per_probe, d).std(1) / math.sqrt(p)) if p > 1 else torch.full_like(bpd, math.nan)
+    pred = scores.mean(1).argmax(1)
+    correct = int((pred == y).sum())
+    acc = correct / n
+    reading = score_reading(model)
+    record = {"n": n, "correct": correct, "accuracy": acc, "accuracy_se": math.sqrt(acc * (1 - acc) / n),
+              "subset_seed": EVAL_SEED, "dequantization": f"seeded ({EVAL_SEED})", "settings": reading.settings(),
+              "bits_per_dim": float(bpd.mean()), "bits_per_dim_se": float(bpd.std() / math.sqrt(n)) if n > 1
+              else math.nan, "bits_per_dim_n": n,
+              "bits_per_dim_kind": f"exact up to the estimator ({p} Hutchinson probes, {reading.steps} RK4 steps)",
+              "estimator_se_bits_per_dim": float(bpd_se.mean()),
+              "evaluations_per_image": reading.evaluations_per_image,
+              "seconds_per_image": round(seconds * min(jobs, len(todo)) / sum(min(SCORE_BATCH, n - s) for s in todo), 2)
+              if todo else None, "jobs": jobs, "torch_threads": 1, "chunk": SCORE_BATCH}
+    tensors = {"indices": index, "labels": y, "scores": scores, "predictions": pred, "bits_per_dim": bpd,
+               "bits_per_dim_se": bpd_se}
+    return record, tensors
 
 
 def corruption_versions(severities=CORRUPT_SEVERITIES) -> list[tuple[str, int]]:
@@ -1089,10 +1211,11 @@ def evaluate_attacks(model, test, n: int | None = None, steps: int | None = None
 
 
 def evaluate_shipped(name: str, what: str = "corrupt", dataset: str = "fashion-mnist",
-                     root: str | os.PathLike | None = None, test=None, progress: bool = True, jobs: int = 1) -> Path:
-    """Compute a robustness artifact (``what``: one of :data:`EVALUATE_KINDS`) for shipped model ``name`` and
+                     root: str | os.PathLike | None = None, test=None, progress: bool = True, jobs: int = 1,
+                     n: int | None = None, partial: str | os.PathLike | None = None) -> Path:
+    """Compute an evaluation artifact (``what``: one of :data:`EVALUATE_KINDS`) for shipped model ``name`` and
     write it to ``checkpoints/<dataset>/evals/<name>.<what>``, naming the weights' sha256 (``jobs``: worker
-    processes of the attacks)."""
+    processes of the attacks and the score-based reading; ``n``, ``partial``: see :func:`evaluate_score`)."""
     from . import data, evals
 
     if what not in EVALUATE_KINDS:
@@ -1101,8 +1224,13 @@ def evaluate_shipped(name: str, what: str = "corrupt", dataset: str = "fashion-m
     model = checkpoints.load(path, device="cpu", verify=True).eval()
     if test is None:
         test = data.load(dataset)[2]
+    if what == "score" and model.manifest.get("kind") != "diffusion":
+        raise ConfigError(f"the score-based reading needs a diffusion model's network; {name} is a "
+                          f"{model.manifest.get('kind')} model")
     if what == "corrupt":
         record, tensors = evaluate_corruptions(model, test, progress=progress)
+    elif what == "score":
+        record, tensors = evaluate_score(model, test, n=n, jobs=jobs, source=path, progress=progress, partial=partial)
     else:
         record, tensors = evaluate_attacks(model, test, method=ATTACK_METHODS[what], jobs=jobs, source=path)
     return evals.save(evals.path_of(name, what, dataset, root), tensors, model_sha256=model.manifest["sha256"],
@@ -1508,11 +1636,13 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("names", nargs="*", help="default: every shipped model")
     r.add_argument("--subset", action="store_true", help=f"only (re)write the record on the fixed {CI_SUBSET}-image "
                    "test subset the tests check")
-    ev = sub.add_parser("evaluate", help="compute a robustness artifact of a shipped model (what: corrupt, attack-l2, attack-hsj)")
+    ev = sub.add_parser("evaluate", help="compute an evaluation artifact of a shipped model (what: corrupt, attack-l2, attack-hsj, score)")
     ev.add_argument("name")
     ev.add_argument("--what", default="corrupt", choices=EVALUATE_KINDS)
-    ev.add_argument("--jobs", type=int, default=1, help="worker processes for the attacks (one thread each); "
-                    "the artifact does not depend on it")
+    ev.add_argument("--jobs", type=int, default=1, help="worker processes for the attacks and the score-based "
+                    "reading (one thread each); the artifact does not depend on it")
+    ev.add_argument("--n", type=int, help=f"images of the seeded test subset (score: default {SCORE_N})")
+    ev.add_argument("--partial", help="score: a folder keeping finished chunks, so an interrupted run resumes")
     v = sub.add_parser("verify", help="recompute the test figures of shipped models and compare")
     v.add_argument("names", nargs="*", help="default: every shipped model")
     v.add_argument("--subset", action="store_true", help=f"check the fixed {CI_SUBSET}-image subset only (fast)")
@@ -1542,7 +1672,7 @@ def main(argv: list[str] | None = None) -> int:
                 test = reevaluate(name, args.dataset, subset_only=args.subset)
                 print(f"{name}: {json.dumps({k: test[k] for k in ('accuracy', 'bits_per_dim') if k in test})}")
         elif args.cmd == "evaluate":
-            print(f"wrote {evaluate_shipped(args.name, args.what, args.dataset, jobs=args.jobs)}")
+            print(f"wrote {evaluate_shipped(args.name, args.what, args.dataset, jobs=args.jobs, n=args.n, partial=args.partial)}")
         elif args.cmd == "verify":
             failed = 0
             for name in args.names or available(args.dataset):

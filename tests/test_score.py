@@ -85,3 +85,52 @@ def test_score_classifier_reads_a_diffusion_classifiers_network():
     assert len(clf.probes) == 2 and not clf.training
     with pytest.raises(gclib.InputError, match="DiffusionClassifier"):
         ScoreClassifier.from_diffusion(TinyUNet(1, 3, width=8, emb=16))
+
+
+class GaussianClassDenoiser(torch.nn.Module):
+    """The exact noise predictor of class-conditional data N(mu_y, std^2 I) (on the [-1, 1] scale)."""
+
+    def __init__(self, means, std):
+        super().__init__()
+        self.register_buffer("means", torch.as_tensor(means, dtype=torch.float64))
+        self.std = std
+
+    def forward(self, xt, t, y):
+        shape = (-1,) + (1,) * (xt.dim() - 1)
+        a, s = SCHEDULE.abar(t).view(shape), SCHEDULE.sigma(t).view(shape)
+        mean = self.means[y].view(shape)
+        return s * (xt - a.sqrt() * mean) / (a * self.std**2 + s**2)
+
+
+@pytest.mark.parametrize("grid", ["log-snr", "uniform"])
+def test_score_classifier_class_scores_are_the_exact_class_conditional_log_densities(grid):
+    # Three classes N(mu_y, 0.3^2 I) on a 1x2x2 "image" in [-1, 1]; the classifier's scores are log p(x | y) of
+    # the [0, 1] image = log N(2x - 1; mu_y, 0.3^2 I) + D log 2, up to the VP prior's bias at t = 1 (the N(0, I)
+    # prior is not exactly the marginal there: up to 0.05 nats here, growing with the distance from mu_y).
+    std, means = 0.3, [-0.4, 0.0, 0.5]
+    clf = ScoreClassifier(GaussianClassDenoiser(means, std), 3, (1, 2, 2), steps=40, n_probes=0, t_min=1e-5,
+                          grid=grid).double()
+    x = torch.tensor([0.3, 0.5, 0.75, 0.2], dtype=torch.float64).view(4, 1, 1, 1).expand(4, 1, 2, 2).clone()
+    x[:, 0, 0, 1] += 0.05
+    exact = torch.stack([torch.distributions.Normal(m, std).log_prob(2 * x - 1).flatten(1).sum(1) for m in means], 1)
+    exact = exact + 4 * math.log(2.0)
+    got = clf.class_scores(x)
+    assert (got - exact).abs().max() < 0.06
+    assert torch.equal(got.argmax(1), exact.argmax(1))
+    assert clf.score_kind == "exact"
+
+
+def test_time_grids_and_bad_settings():
+    from gclib.score import time_grid
+
+    for grid in ("log-snr", "uniform"):
+        t = time_grid(SCHEDULE, 8, 1e-3, grid)
+        assert len(t) == 9 and t[0] == 1e-3 and t[-1] == 1.0 and (t.diff() > 0).all()
+    lam = SCHEDULE.log_snr(time_grid(SCHEDULE, 8, 1e-3, "log-snr"))
+    torch.testing.assert_close(lam.diff(), torch.full((8,), float(lam.diff().mean()), dtype=torch.float64))
+    with pytest.raises(gclib.InputError, match="grid must be"):
+        ScoreClassifier(TinyUNet(1, 3, width=8, emb=16), 3, (1, 28, 28), grid="cosine")
+    with pytest.raises(gclib.InputError, match="t_min"):
+        time_grid(SCHEDULE, 8, 0.0)
+    with pytest.raises(gclib.InputError, match="steps"):
+        time_grid(SCHEDULE, 0, 1e-3)
