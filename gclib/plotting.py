@@ -239,7 +239,7 @@ def plot_beta_tradeoff(rows: list[dict], paper_top1: dict | None = None):
     from matplotlib.ticker import FixedFormatter, FixedLocator, NullLocator
 
     groups = _variant_rows(rows)
-    dc = [r for r in rows if r["model"] not in ("GC", "diffusion", "ABS")]  # the discriminative baselines
+    dc = [r for r in rows if r["model"] not in ("GC", "diffusion", "score", "ABS")]  # the discriminative baselines
     finite = sorted({float(r["beta"]) for g in groups.values() for r in g if r["beta"] not in ("0", "inf")})
     paper_finite = [float(b) for b in (paper_top1 or {}) if b not in ("0", "inf", "resnet")]
     top = max(finite + [v * PAPER_BETA_FACTOR for v in paper_finite] + [32.0])

@@ -231,6 +231,18 @@ DIFFUSION_STAGES = ((10, 2), (60, 1))
 # the first DIFFUSION_BPD_N. The tests recompute DIFFUSION_CHECK_N random images of each.
 DIFFUSION_TEST_N, DIFFUSION_ERRORS_N, DIFFUSION_BPD_N, DIFFUSION_CHECK_N = 2000, 200, 50, 6
 
+# The score-based reading of the diffusion network (gclib.score, Zimmermann et al.): exact class log-likelihoods
+# from the probability-flow ODE, SCORE_READING's solver and probes, read at the seeded dequantized image (where
+# every family's bits/dim is read). 10 classes x 20 RK4 steps x 4 stages x (1 forward + 2 backward passes) is
+# about 7 s of a CPU core an image, so the artifact covers the first SCORE_N images of the seeded test subset
+# (the first 200 are the diffusion error matrix's, for paired comparisons), in chunks of SCORE_BATCH images,
+# each computed in one thread (the artifact does not depend on --jobs). The tests recompute one random chunk
+# image (SCORE_CHECK_N).
+SCORE_READING = {"steps": 20, "n_probes": 2, "seed": 0, "t_min": 1e-3, "grid": "log-snr"}
+SCORE_READINGS = {"score-unet32": "diffusion-unet32"}  # the reading's name -> the network's zoo name
+SCORE_N, SCORE_BATCH, SCORE_CHECK_N = 1000, 10, 1
+
+
 ZOO: dict[tuple[str, str], ZooEntry] = {(e.dataset, e.name): e for e in _fashion_mnist()}
 
 
@@ -337,6 +349,8 @@ def get_model(name: str, dataset: str = "fashion-mnist", *, device=None, root: s
 
     Like torchvision's ``get_model``: ``get_model("gc-beta-8")``, ``get_model("resnet18")``;
     ``list_models()`` gives the names. The manifest (metrics, recipe, environment) is ``model.manifest``.
+    ``get_model("score-unet32")`` is the score-based reading (:func:`score_reading`) of the shipped diffusion
+    network (:data:`SCORE_READINGS`); its ``manifest`` is the network's.
 
     Raises:
         CheckpointError: nothing is shipped under that name (the message lists what is), or the file
@@ -345,6 +359,10 @@ def get_model(name: str, dataset: str = "fashion-mnist", *, device=None, root: s
     from .configs import dataset_of
 
     base = Path(root or checkpoint_root())
+    if name in SCORE_READINGS:  # a reading of a shipped network, not a checkpoint of its own
+        reading = score_reading(get_model(SCORE_READINGS[name], dataset, device=device, root=root))
+        reading.manifest = checkpoints.read_manifest(base / dataset / SCORE_READINGS[name])  # the weights' manifest
+        return reading
     shipped = available(dataset, base)
     if not shipped:
         datasets = (sorted(p.name for p in base.iterdir() if p.is_dir() and any(p.glob("*.json")))
@@ -642,8 +660,48 @@ def _verify_diffusion(model, name: str, dataset: str, root, test, sample: int = 
                         f"shipped {t['bits_per_dim'][pick_b].tolist()}")
     if not math.isclose(float(t["bits_per_dim"].double().mean()), record.get("bits_per_dim", math.nan), rel_tol=1e-6):
         problems.append("the manifest's bits/dim is not the artifact's mean")
+    stem = evals.path_of(name, "score", dataset, root)
+    if stem.with_name(stem.name + ".json").is_file():
+        problems += _verify_score(model, name, dataset, root, test, g)
     return {"manifest": record, "measured": {"n": n, "correct": correct, "sample_seed": seed, "checked": pick.numel()},
             "problems": problems}
+
+
+@torch.no_grad()
+def _verify_score(model, name: str, dataset: str, root, test, g: torch.Generator, sample: int = SCORE_CHECK_N
+                  ) -> list[str]:
+    """Check a shipped score-based artifact: its images are the seeded subset, it was computed with today's
+    :data:`SCORE_READING`, its predictions, bits/dim and manifest figures follow from its scores, and the
+    scores of ``sample`` random images recomputed alone match (to 1e-3 nats + 1e-5 relative: the artifact's
+    chunks of SCORE_BATCH images round differently, by up to 1e-3 nats of about 3,000 measured)."""
+    from . import evals
+    from .model import nats_to_bits_per_dim
+
+    t, art = evals.load(evals.path_of(name, "score", dataset, root), model_sha256=model.manifest["sha256"])
+    info = art["info"]
+    problems = _check_subset(t, test, "score")
+    if info.get("settings") != score_reading(model).settings():
+        problems.append(f"score: computed with {info.get('settings')}, not today's reading {SCORE_READING}")
+    scores = t["scores"]
+    if not torch.equal(scores.mean(1).argmax(1), t["predictions"]):
+        problems.append("score: the predictions are not the best class of the scores")
+    bpd = nats_to_bits_per_dim(torch.logsumexp(scores.mean(1) - math.log(scores.shape[2]), dim=1),
+                               math.prod(model.input_shape))
+    if not torch.allclose(bpd, t["bits_per_dim"], rtol=1e-9, atol=1e-9):
+        problems.append("score: bits_per_dim do not follow from the scores")
+    correct = int((t["predictions"] == t["labels"]).sum())
+    if (info.get("n"), info.get("correct")) != (len(t["indices"]), correct):
+        problems.append(f"score: manifest n={info.get('n')}, correct={info.get('correct')}; artifact "
+                        f"{len(t['indices'])}, {correct}")
+    if not math.isclose(float(t["bits_per_dim"].mean()), info.get("bits_per_dim", math.nan), rel_tol=1e-9):
+        problems.append("score: the manifest's bits/dim is not the artifact's mean")
+    for i in torch.randperm(len(t["indices"]), generator=g)[:sample].tolist():
+        x, _ = test.batch(t["indices"][i:i + 1])
+        got = _score_chunk(model, x)
+        if not torch.allclose(got, scores[i:i + 1], rtol=1e-5, atol=1e-3):
+            problems.append(f"score of test image {int(t['indices'][i])}: differs by up to "
+                            f"{float((got - scores[i:i + 1]).abs().max()):.2e} nats")
+    return problems
 
 
 # -- randomized smoothing's base models -------------------------------------------------------------------
@@ -966,18 +1024,6 @@ ATTACK_METHODS = {"attack-l2": "fmn", "attack-hsj": "hsj"}
 ATTACK_STEPS = {"fmn": 100, "hsj": 10}
 ATTACK_BATCH = {"fmn": 10, "hsj": 5}
 EVALUATE_KINDS = ("corrupt", "attack-l2", "attack-hsj", "score")
-
-
-# The score-based reading of the diffusion network (gclib.score, Zimmermann et al.): exact class log-likelihoods
-# from the probability-flow ODE, SCORE_READING's solver and probes, read at the seeded dequantized image (where
-# every family's bits/dim is read). 10 classes x 20 RK4 steps x 4 stages x (1 forward + 2 backward passes) is
-# about 7 s of a CPU core an image, so the artifact covers the first SCORE_N images of the seeded test subset
-# (the first 200 are the diffusion error matrix's, for paired comparisons), in chunks of SCORE_BATCH images,
-# each computed in one thread (the artifact does not depend on --jobs). The tests recompute one random chunk
-# image (SCORE_CHECK_N).
-SCORE_READING = {"steps": 20, "n_probes": 2, "seed": 0, "t_min": 1e-3, "grid": "log-snr"}
-SCORE_READINGS = {"score-unet32": "diffusion-unet32"}  # the reading's name -> the network's zoo name
-SCORE_N, SCORE_BATCH, SCORE_CHECK_N = 1000, 10, 1
 
 
 def score_reading(model):
@@ -1460,7 +1506,29 @@ def model_rows(dataset: str = "fashion-mnist", root: str | os.PathLike | None = 
             "init_from": (info.get("init_from") or {}).get("zoo_name") or (info.get("init_from") or {}).get("path"),
             **_lineage_totals(info),
         })
+    rows += _score_rows(dataset, root, rows)
     return rows
+
+
+def _score_rows(dataset: str, root, rows: list[dict]) -> list[dict]:
+    """``model_rows`` rows of the score-based readings whose network and artifact are shipped: the network's
+    training record with the artifact's figures."""
+    from . import evals
+
+    out = []
+    for reading, network in SCORE_READINGS.items():
+        stem = evals.path_of(network, "score", dataset, root)
+        base = next((r for r in rows if r["name"] == network), None)
+        if base is None or not stem.with_name(stem.name + ".json").is_file():
+            continue
+        rec = json.loads(stem.with_name(stem.name + ".json").read_text())["info"]
+        out.append({**base, "name": reading, "model": "score", "family": "score", "test_accuracy": rec["accuracy"],
+                    "test_correct": rec["correct"], "n_test": rec["n"], "bits_per_dim": rec["bits_per_dim"],
+                    "bits_per_dim_se": rec["bits_per_dim_se"], "bits_per_dim_n": rec["bits_per_dim_n"],
+                    "bits_per_dim_kind": rec["bits_per_dim_kind"], "accuracy_se": rec["accuracy_se"],
+                    "evaluations_per_image": rec["evaluations_per_image"],
+                    "ms_per_image": round(1000 * rec["seconds_per_image"]) if rec.get("seconds_per_image") else None})
+    return out
 
 
 def _lineage_totals(info: dict) -> dict:
@@ -1496,7 +1564,7 @@ def table_rows(rows: list[dict]) -> list[dict]:
 
     def order(r):  # IB-INN GCs first (the small zoo, the default config, the other variants), the other GC
         kind = variant(config_of(r))  # families, then the DCs
-        family = {"GC": 0, "diffusion": 1, "ABS": 2}.get(r["model"], 3)
+        family = {"GC": 0, "diffusion": 1, "score": 2, "ABS": 3}.get(r["model"], 4)
         return family, variant_rank(kind), kind, _beta_key(r["beta"]), r.get("name", "")
 
     released = sorted((r for r in rows if r["seed"] == 0), key=order)
@@ -1514,11 +1582,13 @@ def table_rows(rows: list[dict]) -> list[dict]:
             label = "GC (IB-INN)" + (f", {variant(config_of(r))}" if variant(config_of(r)) else "")
         elif r["model"] == "diffusion":
             label = "GC (diffusion, Li et al.'s rule)"
+        elif r["model"] == "score":
+            label = "GC (score-based: the diffusion network's ODE likelihood)"
         elif r["model"] == "ABS":
             label = "GC (ABS, a VAE per class)"
         else:
             label = f"DC ({r['model']}{', ' + other if other else ''})"
-        generative = r["model"] in ("GC", "diffusion", "ABS")
+        generative = r["model"] in ("GC", "diffusion", "score", "ABS")
         row = {
             "model": label,
             "beta": r["beta"] if r["model"] == "GC" else "",
@@ -1548,7 +1618,7 @@ def table_rows(rows: list[dict]) -> list[dict]:
             "warm_start": f"{r['init_from']} + {r['epochs']} epochs" if r.get("init_from") else "",
             "config": config_of(r),
             "paper_imagenet_top1_pct": PAPER_IMAGENET_TOP1.get(r["beta"], "") if r["model"] == "GC"
-            else "" if r["model"] in ("diffusion", "ABS") else PAPER_IMAGENET_TOP1["resnet"],
+            else "" if r["model"] in ("diffusion", "score", "ABS") else PAPER_IMAGENET_TOP1["resnet"],
             "paper_equivalent_beta": _paper_beta(r["beta"]) if r["model"] == "GC" else "",
             "paper_imagenet_top1_equivalent_pct": PAPER_IMAGENET_TOP1.get(_paper_beta(r["beta"]), "")
             if r["model"] == "GC" else "",

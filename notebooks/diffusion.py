@@ -39,6 +39,7 @@ last = "30,60,100"  # pruning: pairs of the last stage
 n_live = 2  # artifact images recomputed from the model here (5-10 s each on a CPU core)
 compare = "gc-beta-8,gc-large-beta-1,gc-large-beta-8,gc-large-beta-1536,gc-large-beta-inf,resnet18"  # zoo models beside it
 n_bootstrap = 200  # resamples of the images for the SEs of kappa and ECE
+n_live_score = 1  # images of the score-based artifact recomputed here (about 7 s each on a CPU core)
 figures = "figures"  # output folder for figures and tables
 
 # %%
@@ -259,4 +260,158 @@ glue("diffusion_mean_confidence", round(100 * confidence, 1), display=False)
 for r in cal_rows:
     glue(f"diffusion_ece_{r['model'].replace('-', '_')}", r["ece_pct"], display=False)
     glue(f"diffusion_ece_se_{r['model'].replace('-', '_')}", r["ece_se"], display=False)
+
+# %% [markdown]
+# ## The same network read as a score model: exact likelihoods
+# Zimmermann et al.'s score-based classifier reads the network as the score of the variance-preserving SDE,
+# s(x, t, y) = -eps(x, t, y) / sigma(t), and classifies by the exact log-likelihood log p(x | y) that the
+# probability-flow ODE gives (`gclib.score`: 20 RK4 steps equally spaced in log-SNR from t = 1e-3, the
+# Hutchinson-Skilling trace estimator with 2 Rademacher probes shared by every class, at the seeded
+# dequantized image). It costs about 7 s of a CPU core an image, so the zoo ships its per-probe class
+# scores for a seeded subset (`evals/<model>.score`, `python -m gclib.zoo evaluate <model> --what score`);
+# `n_live_score` images are recomputed here. The first images of that subset are the error matrix's, so
+# the diffusion rules compare with it image by image. Beside it: the bound's own class term, the ELBO
+# weighting of the denoising errors (weight beta(t) / sigma(t)^2 = -d log-SNR / dt on the uniform bank, so
+# t from 0.006 to 0.995: the bound restricted to the bank's range), read off the shipped error matrix.
+
+# %%
+from gclib import zoo as zoo_module
+from gclib.data import FASHION_MNIST_CLASSES
+
+s_t, s_manifest = evals.load(evals.path_of(model_name, "score", dataset), model_sha256=manifest["sha256"])
+s_info = s_manifest["info"]
+assert s_info["settings"] == zoo_module.score_reading(model).settings(), "artifact of another reading"
+if n_live_score:
+    pick_s = torch.randperm(len(s_t["indices"]), generator=g)[:n_live_score]
+    for i in pick_s.tolist():
+        live = zoo_module._score_chunk(model, test.batch(s_t["indices"][i:i + 1])[0])
+        worst = float((live - s_t["scores"][i:i + 1]).abs().max())
+        print(f"score-based reading, test image {int(s_t['indices'][i])}: largest difference {worst:.1e} nats")
+        assert torch.allclose(live, s_t["scores"][i:i + 1], rtol=1e-5, atol=1e-3), "the artifact does not match the model"
+
+n_s = len(s_t["indices"])
+assert torch.equal(s_t["indices"], t["indices"][:n_s]) and torch.equal(m["indices"], s_t["indices"][:n])
+score_right = (s_t["predictions"] == s_t["labels"]).double()
+li_right = (t["predictions"][:n_s] == t["labels"][:n_s]).double()
+schedule = model.schedule
+bank_t = model.bank_t.double()[:n_pairs]
+w_elbo = schedule.beta(bank_t) / schedule.sigma(bank_t) ** 2
+# The ELBO's diffusion term per class (nats, up to a constant shared by the classes): D/2 * int ||eps - eps_hat||^2
+# d(-log-SNR), estimated on the uniform bank by the weight above times the bank's t range.
+d_dims = math.prod(model.input_shape)
+elbo_term = 0.5 * d_dims * (float(bank_t.max() - bank_t.min()) * (errors.double() * w_elbo).mean(2))
+elbo_pred = (-elbo_term).argmax(1)
+elbo_right = (elbo_pred == labels).double()
+score_sub = score_right[:n]
+
+
+def paired(a, b):
+    diff = a - b
+    return round(100 * float(diff.mean()), 2), round(100 * float(diff.std() / math.sqrt(len(diff))), 2)
+
+
+def pct(right):
+    return round(100 * float(right.mean()), 2), round(100 * float(right.std() / math.sqrt(len(right))), 2)
+
+
+reading_rows = [
+    {"reading": "score-based: ODE log p(x|y) (exact up to the estimator)", "images": n_s,
+     "accuracy_pct": pct(score_right)[0], "accuracy_se_pct": pct(score_right)[1],
+     "minus_li_rule_pct": paired(score_right, li_right)[0], "minus_li_rule_se_pct": paired(score_right, li_right)[1],
+     "bits_per_dim": round(s_info["bits_per_dim"], 3), "bits_per_dim_se": round(s_info["bits_per_dim_se"], 3),
+     "bits_per_dim_is": "exact up to the estimator", "evaluations_per_image": s_info["evaluations_per_image"]},
+    {"reading": "diffusion, Li et al.'s rule (the shipped, pruned)", "images": n_s,
+     "accuracy_pct": pct(li_right)[0], "accuracy_se_pct": pct(li_right)[1], "minus_li_rule_pct": 0.0,
+     "minus_li_rule_se_pct": 0.0, "bits_per_dim": round(record["bits_per_dim"], 3),
+     "bits_per_dim_se": round(record["bits_per_dim_se"], 3), "bits_per_dim_is": f"upper bound (ELBO, {record['bits_per_dim_n']} images)",
+     "evaluations_per_image": round(record["evaluations_per_image"])},
+    {"reading": "score-based, on the error matrix's images", "images": n, "accuracy_pct": pct(score_sub)[0],
+     "accuracy_se_pct": pct(score_sub)[1], "minus_li_rule_pct": "", "minus_li_rule_se_pct": "",
+     "bits_per_dim": "", "bits_per_dim_se": "", "bits_per_dim_is": "", "evaluations_per_image": ""},
+    {"reading": "diffusion, ELBO-weighted errors (the bound's class term)", "images": n,
+     "accuracy_pct": pct(elbo_right)[0], "accuracy_se_pct": pct(elbo_right)[1],
+     "minus_li_rule_pct": "", "minus_li_rule_se_pct": "", "bits_per_dim": "", "bits_per_dim_se": "",
+     "bits_per_dim_is": "", "evaluations_per_image": n_classes * n_pairs},
+    {"reading": "diffusion, unweighted errors on all pairs (Li et al., unpruned)", "images": n,
+     "accuracy_pct": pct(full["_right"])[0], "accuracy_se_pct": pct(full["_right"])[1],
+     "minus_li_rule_pct": "", "minus_li_rule_se_pct": "", "bits_per_dim": "", "bits_per_dim_se": "",
+     "bits_per_dim_is": "", "evaluations_per_image": n_classes * n_pairs},
+]
+reading_table = pd.DataFrame(reading_rows).astype(object)
+md = plotting.save_frame(reading_table, "table_score_reading", figures)
+glue("table_score_reading", reading_table, display=False)
+display(Markdown(md))
+
+score_vs_elbo = paired(score_sub, elbo_right)
+agree = float((s_t["predictions"][:n_s] == t["predictions"][:n_s]).double().mean())
+kappa_score = robust.error_consistency(score_right.numpy().astype(bool), li_right.numpy().astype(bool))["kappa"]
+counts = torch.bincount(s_t["predictions"], minlength=n_classes)
+top_class = int(counts.argmax())
+print(f"score-based reading: {pct(score_right)[0]} ± {pct(score_right)[1]} % on {n_s} images; Li et al.'s rule "
+      f"{pct(li_right)[0]} %; same prediction on {100 * agree:.1f} %; on the error matrix's {n} images: "
+      f"score {pct(score_sub)[0]} %, ELBO-weighted errors {pct(elbo_right)[0]} % (paired {score_vs_elbo[0]:+.1f} ± "
+      f"{score_vs_elbo[1]:.1f}); most predicted class {FASHION_MNIST_CLASSES[top_class]} ({int(counts[top_class])} of {n_s})")
+for key, value in {"score_acc": pct(score_right)[0], "score_acc_se": pct(score_right)[1], "score_n": n_s,
+                   "score_li_acc": pct(li_right)[0], "score_minus_li": paired(score_right, li_right)[0],
+                   "score_minus_li_se": paired(score_right, li_right)[1],
+                   "score_bpd": round(s_info["bits_per_dim"], 3), "score_bpd_se": round(s_info["bits_per_dim_se"], 3),
+                   "score_estimator_se": round(s_info["estimator_se_bits_per_dim"], 3),
+                   "score_evals": s_info["evaluations_per_image"],
+                   "score_s_per_image": s_info.get("seconds_per_image") or "",
+                   "score_sub_acc": pct(score_sub)[0], "elbo_weighted_acc": pct(elbo_right)[0],
+                   "elbo_weighted_acc_se": pct(elbo_right)[1], "score_minus_elbo": score_vs_elbo[0],
+                   "score_minus_elbo_se": score_vs_elbo[1], "score_agree_pct": round(100 * agree, 1),
+                   "score_kappa_li": round(kappa_score, 3), "score_top_class": FASHION_MNIST_CLASSES[top_class],
+                   "score_top_class_pct": round(100 * float(counts[top_class]) / n_s, 1)}.items():
+    glue(key, value, display=False)
+
+# %% [markdown]
+# Where the two readings part: the score-based reading's confusion matrix, and, image by image on the error
+# matrix's images, the true class's margin (its log-likelihood minus the best other class's) under the exact
+# ODE likelihood against the margin under the ELBO-weighted errors. Both are in nats; an image right under
+# both readings lies top right.
+
+# %%
+import numpy as np
+
+conf = torch.zeros(n_classes, n_classes)
+conf.index_put_((s_t["labels"], s_t["predictions"]), torch.ones(n_s), accumulate=True)
+conf = conf / conf.sum(1, keepdim=True).clamp_min(1)
+
+
+def margins(scores):
+    true = scores.gather(1, labels[:, None]).squeeze(1)
+    other = scores.scatter(1, labels[:, None], -math.inf).max(1).values
+    return (true - other).numpy()
+
+
+ode_margin = margins(s_t["scores"][:n].mean(1))
+elbo_margin = margins(-elbo_term)
+fig, axes = plotting.figure(2, width=4.2, height=3.8)
+ax = axes[0][0]
+ax.imshow(100 * conf.numpy(), cmap="Blues", vmin=0, vmax=100)
+ax.set_xticks(range(n_classes), FASHION_MNIST_CLASSES, rotation=90, fontsize=7)
+ax.set_yticks(range(n_classes), FASHION_MNIST_CLASSES, fontsize=7)
+for i in range(n_classes):
+    for j in range(n_classes):
+        if conf[i, j] >= 0.05:
+            ax.text(j, i, f"{100 * conf[i, j]:.0f}", ha="center", va="center", fontsize=6,
+                    color="white" if conf[i, j] > 0.5 else "black")
+ax.set_xlabel("predicted (ODE likelihood)")
+ax.set_ylabel("true class")
+ax.set_title(f"score-based reading, {n_s} images (row %)")
+ax = axes[0][1]
+ax.scatter(elbo_margin, ode_margin, s=8, alpha=0.6, color="C0")
+ax.axhline(0, color="0.5", lw=0.8)
+ax.axvline(0, color="0.5", lw=0.8)
+ax.set_xscale("symlog", linthresh=10)
+ax.set_yscale("symlog", linthresh=10)
+ax.set_xlabel("true-class margin, ELBO-weighted errors (nats)")
+ax.set_ylabel("true-class margin, ODE likelihood (nats)")
+ax.set_title(f"the two likelihood readings, {n} images")
+plotting.savefig(fig, "fig_score_reading", figures)
+glue("fig_score_reading", fig, display=False)
+corr = float(np.corrcoef(elbo_margin, ode_margin)[0, 1])
+print(f"correlation of the margins: {corr:.2f}")
+glue("score_margin_corr", round(corr, 2), display=False)
 print(f"notebook time {time.time() - start:.0f} s")

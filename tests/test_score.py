@@ -134,3 +134,54 @@ def test_time_grids_and_bad_settings():
         time_grid(SCHEDULE, 8, 0.0)
     with pytest.raises(gclib.InputError, match="steps"):
         time_grid(SCHEDULE, 0, 1e-3)
+
+
+def test_score_artifact_publish_verify_rows_and_worker_count(tmp_path, fashion, monkeypatch):
+    """zoo evaluate --what score on a tiny published diffusion model: chunks computed in one thread each, so
+    two worker processes write the same scores as one; verify recomputes an image and catches tampering;
+    the reading gets a table_models row and a name in get_model."""
+    import json
+
+    from gclib import evals, zoo
+    from gclib.diffusion import DiffusionClassifier, fit
+    from gclib.errors import ConfigError
+
+    train, _, test = fashion
+    torch.manual_seed(0)
+    model = DiffusionClassifier(TinyUNet(1, 10, width=8, emb=8), 10, (1, 28, 28), n_pairs=4,
+                                stages=((2, 3), (4, 1)), elbo_pairs=4)
+    fit(model, train.subset(64, 0), None, epochs=1, batch_size=32, out=tmp_path / "run", progress=False)
+    root = tmp_path / "ckpt"
+    small = test.subset(30, seed=3)
+    zoo.publish(tmp_path / "run", "tiny-diffusion", root=root, test=small)
+    monkeypatch.setattr(zoo, "SCORE_BATCH", 2)
+    monkeypatch.setattr(zoo, "SCORE_READINGS", {"tiny-score": "tiny-diffusion"})
+    shipped = zoo.get_model("tiny-diffusion", root=root)
+    record, one = zoo.evaluate_score(shipped, small, n=3, progress=False, partial=tmp_path / "partial")
+    assert sorted(p.name for p in (tmp_path / "partial").iterdir()) == ["chunk-000000.safetensors",
+                                                                         "chunk-000002.safetensors"]
+    _, two = zoo.evaluate_score(shipped, small, n=3, jobs=2, source=root / "fashion-mnist" / "tiny-diffusion",
+                                progress=False)
+    assert torch.equal(one["scores"], two["scores"]) and one["scores"].shape == (3, 2, 10)
+    assert record["settings"] == zoo.score_reading(shipped).settings() and record["n"] == 3
+    assert record["evaluations_per_image"] == 10 * 4 * 20 * 3
+    torch.testing.assert_close(one["predictions"], one["scores"].mean(1).argmax(1))
+    with pytest.raises(ConfigError, match="needs source"):
+        zoo.evaluate_score(shipped, small, n=3, jobs=2)
+    path = zoo.evaluate_shipped("tiny-diffusion", "score", root=root, test=small, n=3, progress=False,
+                                partial=tmp_path / "partial")  # every chunk found again: nothing recomputed
+    art = json.loads(path.read_text())
+    assert art["info"]["seconds_per_image"] is None and art["model_sha256"] == shipped.manifest["sha256"]
+    result = zoo.verify("tiny-diffusion", root=root, test=small)
+    assert zoo._mismatches(result) == [], result
+    rows = zoo.model_rows(root=root)
+    score_row = next(r for r in zoo.table_rows(rows) if r["model"].startswith("GC (score-based"))
+    assert score_row["n_test"] == 3 and score_row["bits_per_dim_kind"].startswith("exact up to the estimator")
+    assert isinstance(zoo.get_model("tiny-score", root=root), ScoreClassifier)
+    t, manifest = evals.load(evals.path_of("tiny-diffusion", "score", root=root))
+    t["scores"][:, :, 0] += 0.1  # tampered scores: the recomputed image no longer matches
+    evals.save(evals.path_of("tiny-diffusion", "score", root=root), t, model_sha256=manifest["model_sha256"],
+               inputs=manifest["inputs"], **manifest["info"])
+    assert zoo._mismatches(zoo.verify("tiny-diffusion", root=root, test=small))
+    with pytest.raises(ConfigError, match="diffusion model's network"):
+        zoo.evaluate_shipped("gc-beta-8", "score", n=1)
