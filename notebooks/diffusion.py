@@ -290,7 +290,8 @@ if n_live_score:
         assert torch.allclose(live, s_t["scores"][i:i + 1], rtol=1e-5, atol=1e-3), "the artifact does not match the model"
 
 n_s = len(s_t["indices"])
-assert torch.equal(s_t["indices"], t["indices"][:n_s]) and torch.equal(m["indices"], s_t["indices"][:n])
+n_c = min(n, n_s)  # images in both the error matrix and the score artifact (the first ones of the subset)
+assert torch.equal(s_t["indices"], t["indices"][:n_s]) and torch.equal(m["indices"][:n_c], s_t["indices"][:n_c])
 score_right = (s_t["predictions"] == s_t["labels"]).double()
 li_right = (t["predictions"][:n_s] == t["labels"][:n_s]).double()
 schedule = model.schedule
@@ -301,8 +302,8 @@ w_elbo = schedule.beta(bank_t) / schedule.sigma(bank_t) ** 2
 d_dims = math.prod(model.input_shape)
 elbo_term = 0.5 * d_dims * (float(bank_t.max() - bank_t.min()) * (errors.double() * w_elbo).mean(2))
 elbo_pred = (-elbo_term).argmax(1)
-elbo_right = (elbo_pred == labels).double()
-score_sub = score_right[:n]
+elbo_right = (elbo_pred == labels).double()[:n_c]
+score_sub = score_right[:n_c]
 
 
 def paired(a, b):
@@ -315,7 +316,7 @@ def pct(right):
 
 
 reading_rows = [
-    {"reading": "score-based: ODE log p(x|y) (exact up to the estimator)", "images": n_s,
+    {"reading": "score-based: the ODE log-likelihood of each class (exact up to the estimator)", "images": n_s,
      "accuracy_pct": pct(score_right)[0], "accuracy_se_pct": pct(score_right)[1],
      "minus_li_rule_pct": paired(score_right, li_right)[0], "minus_li_rule_se_pct": paired(score_right, li_right)[1],
      "bits_per_dim": round(s_info["bits_per_dim"], 3), "bits_per_dim_se": round(s_info["bits_per_dim_se"], 3),
@@ -325,15 +326,15 @@ reading_rows = [
      "minus_li_rule_se_pct": 0.0, "bits_per_dim": round(record["bits_per_dim"], 3),
      "bits_per_dim_se": round(record["bits_per_dim_se"], 3), "bits_per_dim_is": f"upper bound (ELBO, {record['bits_per_dim_n']} images)",
      "evaluations_per_image": round(record["evaluations_per_image"])},
-    {"reading": "score-based, on the error matrix's images", "images": n, "accuracy_pct": pct(score_sub)[0],
+    {"reading": "score-based, on the error matrix's images", "images": n_c, "accuracy_pct": pct(score_sub)[0],
      "accuracy_se_pct": pct(score_sub)[1], "minus_li_rule_pct": "", "minus_li_rule_se_pct": "",
      "bits_per_dim": "", "bits_per_dim_se": "", "bits_per_dim_is": "", "evaluations_per_image": ""},
-    {"reading": "diffusion, ELBO-weighted errors (the bound's class term)", "images": n,
+    {"reading": "diffusion, ELBO-weighted errors (the bound's class term)", "images": n_c,
      "accuracy_pct": pct(elbo_right)[0], "accuracy_se_pct": pct(elbo_right)[1],
      "minus_li_rule_pct": "", "minus_li_rule_se_pct": "", "bits_per_dim": "", "bits_per_dim_se": "",
      "bits_per_dim_is": "", "evaluations_per_image": n_classes * n_pairs},
-    {"reading": "diffusion, unweighted errors on all pairs (Li et al., unpruned)", "images": n,
-     "accuracy_pct": pct(full["_right"])[0], "accuracy_se_pct": pct(full["_right"])[1],
+    {"reading": "diffusion, unweighted errors on all pairs (Li et al., unpruned)", "images": n_c,
+     "accuracy_pct": pct(full["_right"][:n_c])[0], "accuracy_se_pct": pct(full["_right"][:n_c])[1],
      "minus_li_rule_pct": "", "minus_li_rule_se_pct": "", "bits_per_dim": "", "bits_per_dim_se": "",
      "bits_per_dim_is": "", "evaluations_per_image": n_classes * n_pairs},
 ]
@@ -348,7 +349,7 @@ kappa_score = robust.error_consistency(score_right.numpy().astype(bool), li_righ
 counts = torch.bincount(s_t["predictions"], minlength=n_classes)
 top_class = int(counts.argmax())
 print(f"score-based reading: {pct(score_right)[0]} ± {pct(score_right)[1]} % on {n_s} images; Li et al.'s rule "
-      f"{pct(li_right)[0]} %; same prediction on {100 * agree:.1f} %; on the error matrix's {n} images: "
+      f"{pct(li_right)[0]} %; same prediction on {100 * agree:.1f} %; on the error matrix's {n_c} images: "
       f"score {pct(score_sub)[0]} %, ELBO-weighted errors {pct(elbo_right)[0]} % (paired {score_vs_elbo[0]:+.1f} ± "
       f"{score_vs_elbo[1]:.1f}); most predicted class {FASHION_MNIST_CLASSES[top_class]} ({int(counts[top_class])} of {n_s})")
 for key, value in {"score_acc": pct(score_right)[0], "score_acc_se": pct(score_right)[1], "score_n": n_s,
@@ -372,6 +373,7 @@ for key, value in {"score_acc": pct(score_right)[0], "score_acc_se": pct(score_r
 # both readings lies top right.
 
 # %%
+import matplotlib.ticker
 import numpy as np
 
 conf = torch.zeros(n_classes, n_classes)
@@ -380,13 +382,13 @@ conf = conf / conf.sum(1, keepdim=True).clamp_min(1)
 
 
 def margins(scores):
-    true = scores.gather(1, labels[:, None]).squeeze(1)
-    other = scores.scatter(1, labels[:, None], -math.inf).max(1).values
+    true = scores.gather(1, labels[:n_c, None]).squeeze(1)
+    other = scores.scatter(1, labels[:n_c, None], -math.inf).max(1).values
     return (true - other).numpy()
 
 
-ode_margin = margins(s_t["scores"][:n].mean(1))
-elbo_margin = margins(-elbo_term)
+ode_margin = margins(s_t["scores"][:n_c].mean(1))
+elbo_margin = margins(-elbo_term[:n_c])
 fig, axes = plotting.figure(2, width=4.2, height=3.8)
 ax = axes[0][0]
 ax.imshow(100 * conf.numpy(), cmap="Blues", vmin=0, vmax=100)
@@ -397,6 +399,7 @@ for i in range(n_classes):
         if conf[i, j] >= 0.05:
             ax.text(j, i, f"{100 * conf[i, j]:.0f}", ha="center", va="center", fontsize=6,
                     color="white" if conf[i, j] > 0.5 else "black")
+ax.grid(False)
 ax.set_xlabel("predicted (ODE likelihood)")
 ax.set_ylabel("true class")
 ax.set_title(f"score-based reading, {n_s} images (row %)")
@@ -406,12 +409,15 @@ ax.axhline(0, color="0.5", lw=0.8)
 ax.axvline(0, color="0.5", lw=0.8)
 ax.set_xscale("symlog", linthresh=10)
 ax.set_yscale("symlog", linthresh=10)
+for axis in (ax.xaxis, ax.yaxis):
+    axis.set_major_locator(matplotlib.ticker.FixedLocator([-1000, -100, -10, 0, 10, 100, 1000]))
 ax.set_xlabel("true-class margin, ELBO-weighted errors (nats)")
 ax.set_ylabel("true-class margin, ODE likelihood (nats)")
-ax.set_title(f"the two likelihood readings, {n} images")
+ax.set_title(f"the two likelihood readings, {n_c} images")
 plotting.savefig(fig, "fig_score_reading", figures)
 glue("fig_score_reading", fig, display=False)
 corr = float(np.corrcoef(elbo_margin, ode_margin)[0, 1])
 print(f"correlation of the margins: {corr:.2f}")
 glue("score_margin_corr", round(corr, 2), display=False)
+glue("score_common_n", n_c, display=False)
 print(f"notebook time {time.time() - start:.0f} s")

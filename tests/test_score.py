@@ -185,3 +185,16 @@ def test_score_artifact_publish_verify_rows_and_worker_count(tmp_path, fashion, 
     assert zoo._mismatches(zoo.verify("tiny-diffusion", root=root, test=small))
     with pytest.raises(ConfigError, match="diffusion model's network"):
         zoo.evaluate_shipped("gc-beta-8", "score", n=1)
+
+
+def test_the_shipped_reading_loads_by_name():
+    from gclib import zoo
+
+    reading = gclib.get_model("score-unet32", device="cpu")
+    network = gclib.get_model("diffusion-unet32", device="cpu")
+    assert isinstance(reading, ScoreClassifier) and not reading.training
+    assert reading.manifest["sha256"] == network.manifest["sha256"]
+    assert reading.settings()["steps"] == zoo.SCORE_READING["steps"] and len(reading.probes) == 2
+    assert reading.evaluations_per_image == 10 * 20 * 4 * 3
+    with pytest.raises(gclib.CheckpointError, match="score-unet64"):
+        gclib.get_model("score-unet64")
