@@ -5,10 +5,12 @@ sigma(t). The probability-flow ODE dx/dt = v(x, t) = -1/2 beta(t) (x + s(x, t, y
 the N(0, I) prior at t = 1 with the same marginals as the SDE, and by the instantaneous change of
 variables
 
-    log p_0(x | y) = log N(x_1; 0, I) + int_0^1 div v(x_t, t) dt,
+    log p_t0(x | y) = log N(x_1; 0, I) + int_t0^1 div v(x_t, t) dt,
 
-the exact log-likelihood of the model (up to the solver's error and, with the Hutchinson-Skilling
-estimator div v ~ z^T (dv/dx) z, its Monte-Carlo error). One probe set z is shared by every class, so
+the exact log-likelihood of the model's marginal at t0 = ``t_min`` (up to the solver's error and, with the
+Hutchinson-Skilling estimator div v ~ z^T (dv/dx) z, its Monte-Carlo error); as t0 -> 0 it tends to the
+density at the data, where the score is singular. The solver steps are equally spaced in log-SNR
+(:func:`time_grid`). One probe set z is shared by every class, so
 the class scores differ only by what the network says about each class. The solver here is a fixed-step
 classical Runge-Kutta method (RK4, ``steps`` steps from ``t_min`` to 1): no adaptive error control, so
 its accuracy is stated by its step count (torchdiffeq's adaptive solvers are the alternative; the fixed
@@ -254,9 +256,8 @@ class ScoreClassifier(torch.nn.Module):
     def bits_per_dim(self, x: Tensor, dequantization: str = "seeded", seed: int = 0) -> Tensor:
         """-log2 p(x) per dim on the 8-bit scale, [B], read where an IB-INN's figure is read
         (``gclib.model.evaluation_point``: by default the 8-bit image dequantized with noise seeded by ``seed``
-        and the image). An estimate when Hutchinson probes are used (unbiased in nats, not in bits/dim's
-        mixture over classes, whose log-sum-exp is convex: at the zoo's settings the classes' scores differ by
-        tens of nats, so the mixture is the best class's)."""
+        and the image). An estimate when Hutchinson probes are used: each class's log-likelihood is unbiased,
+        the mixture over classes (a log-sum-exp of them) only approximately so."""
         from .model import check_images, evaluation_point, nats_to_bits_per_dim
 
         point = evaluation_point(check_images(x, self.input_shape, self.device), dequantization, seed)
