@@ -60,6 +60,10 @@ __all__ = [
     "reconstruction_error",
     "reconstruction_errors",
     "reevaluate",
+    "SCORE_READING",
+    "evaluate_score",
+    "score_images",
+    "score_reading",
     "table_rows",
     "train_command",
     "variant",
@@ -697,7 +701,7 @@ def _verify_score(model, name: str, dataset: str, root, test, g: torch.Generator
         problems.append("score: the manifest's bits/dim is not the artifact's mean")
     for i in torch.randperm(len(t["indices"]), generator=g)[:sample].tolist():
         x, _ = test.batch(t["indices"][i:i + 1])
-        got = _score_chunk(model, x)
+        got = score_images(model, x)
         if not torch.allclose(got, scores[i:i + 1], rtol=1e-5, atol=1e-3):
             problems.append(f"score of test image {int(t['indices'][i])}: differs by up to "
                             f"{float((got - scores[i:i + 1]).abs().max()):.2e} nats")
@@ -1034,9 +1038,10 @@ def score_reading(model):
     return ScoreClassifier.from_diffusion(model, **SCORE_READING).eval()
 
 
-def _score_chunk(model, x: torch.Tensor) -> torch.Tensor:
-    """Per-probe class log-likelihoods [B, P, C] (float64) of one chunk at its seeded evaluation point, in one
-    thread (``model``: a diffusion classifier, or its checkpoint path in a worker process)."""
+def score_images(model, x: torch.Tensor) -> torch.Tensor:
+    """The zoo's score-based reading of images ``x`` [B, C, H, W] in [0, 1]: each probe's class log-likelihoods
+    [B, P, C] (nats, float64) at the seeded evaluation point, computed in one thread as the ``score`` artifact's
+    chunks are (``model``: a diffusion classifier, or its checkpoint path, as in a worker process)."""
     from .model import evaluation_point
 
     threads = torch.get_num_threads()
@@ -1101,13 +1106,13 @@ def evaluate_score(model, test, n: int | None = None, jobs: int = 1, source: str
     bar = tqdm(total=len(todo) * SCORE_BATCH, desc="score-based reading", unit="image", disable=not progress)
     if jobs > 1 and len(todo) > 1:
         with ProcessPoolExecutor(min(jobs, len(todo)), mp_context=get_context("spawn")) as pool:
-            for s, scores in zip(todo, pool.map(_score_chunk, [str(source)] * len(todo),
+            for s, scores in zip(todo, pool.map(score_images, [str(source)] * len(todo),
                                                 [x[s:s + SCORE_BATCH] for s in todo])):
                 keep(s, scores)
                 bar.update(len(scores))
     else:
         for s in todo:
-            keep(s, _score_chunk(model, x[s:s + SCORE_BATCH]))
+            keep(s, score_images(model, x[s:s + SCORE_BATCH]))
             bar.update(min(SCORE_BATCH, n - s))
     bar.close()
     seconds = time.perf_counter() - start

@@ -284,7 +284,7 @@ assert s_info["settings"] == zoo_module.score_reading(model).settings(), "artifa
 if n_live_score:
     pick_s = torch.randperm(len(s_t["indices"]), generator=g)[:n_live_score]
     for i in pick_s.tolist():
-        live = zoo_module._score_chunk(model, test.batch(s_t["indices"][i:i + 1])[0])
+        live = zoo_module.score_images(model, test.batch(s_t["indices"][i:i + 1])[0])
         worst = float((live - s_t["scores"][i:i + 1]).abs().max())
         print(f"score-based reading, test image {int(s_t['indices'][i])}: largest difference {worst:.1e} nats")
         assert torch.allclose(live, s_t["scores"][i:i + 1], rtol=1e-5, atol=1e-3), "the artifact does not match the model"
