@@ -244,7 +244,7 @@ DIFFUSION_TEST_N, DIFFUSION_ERRORS_N, DIFFUSION_BPD_N, DIFFUSION_CHECK_N = 2000,
 # image (SCORE_CHECK_N).
 SCORE_READING = {"steps": 20, "n_probes": 2, "seed": 0, "t_min": 1e-3, "grid": "log-snr"}
 SCORE_READINGS = {"score-unet32": "diffusion-unet32"}  # the reading's name -> the network's zoo name
-SCORE_N, SCORE_BATCH, SCORE_CHECK_N = 1000, 10, 1
+SCORE_N, SCORE_BATCH, SCORE_CHECK_N = 800, 10, 1
 
 
 ZOO: dict[tuple[str, str], ZooEntry] = {(e.dataset, e.name): e for e in _fashion_mnist()}
