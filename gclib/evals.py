@@ -8,8 +8,9 @@ and how they were computed). :func:`load` checks both hashes, so an artifact of 
 corrupted one, is refused; the tests recompute a random sample of every shipped artifact's images from
 the model and require the same results (``gclib.zoo`` does this for the diffusion family).
 
->>> sorted(KINDS)
-['abs-extra', 'abs-ood', 'abs-test', 'attack-hsj', 'attack-l2', 'certify', 'corrupt', 'errors', 'score', 'test']
+>>> sorted(KINDS)  # doctest: +NORMALIZE_WHITESPACE
+['abs-extra', 'abs-ood', 'abs-test', 'attack-hsj', 'attack-l2', 'certify', 'corrupt', 'diffusion-ood', 'errors',
+ 'score', 'test']
 """
 
 from __future__ import annotations
@@ -50,6 +51,10 @@ KINDS = {
              "bits_per_dim [N] and its standard error over the probes bits_per_dim_se [N]",
     "abs-ood": "for every OoD set of gclib.data.ood (SET.scores, SET.abs_scores, SET.reconstruction_mse, "
                "SET.loss_by_step), as in abs-test",
+    "diffusion-ood": "a diffusion network's densities for OoD detection (gclib.zoo.ood_images): for every OoD set "
+                     "of gclib.data.ood, SET.elbo and SET.elbo_se [n, C] (class ELBOs on a small log-SNR bank), "
+                     "SET.scores [n, C] (Li et al.'s class scores) and SET.ode [n, P, C] (the score-based reading); "
+                     "elbo and elbo_se [N, C] of the score artifact's test images",
 }
 
 

@@ -32,8 +32,23 @@ from torch import Tensor
 from .diffusion import VPSchedule
 from .errors import InputError
 
-__all__ = ["ScoreClassifier", "exact_divergence", "hutchinson_divergence", "probability_flow_log_likelihood",
-           "time_grid"]
+__all__ = ["ScoreClassifier", "exact_divergence", "hutchinson_divergence", "mixture_bits_per_dim",
+           "probability_flow_log_likelihood", "time_grid"]
+
+
+def mixture_bits_per_dim(class_log_likelihoods: Tensor, dims: int) -> Tensor:
+    """Bits/dim [B] of the uniform class mixture, -log2(sum_y exp(l_y) / C) / ``dims``, from class
+    log-likelihoods in nats: [B, C], or [B, P, C] (P estimates of each, averaged first, as
+    :meth:`ScoreClassifier.log_px` does). Computed in float64."""
+    from .model import nats_to_bits_per_dim
+
+    ll = class_log_likelihoods.double()
+    if ll.dim() == 3:
+        ll = ll.mean(1)
+    if ll.dim() != 2:
+        raise InputError("class log-likelihoods must be [B, C] or [B, P, C], got shape "
+                         f"{tuple(class_log_likelihoods.shape)}")
+    return nats_to_bits_per_dim(torch.logsumexp(ll, dim=1) - math.log(ll.shape[1]), dims)
 
 
 def hutchinson_divergence(fn, x: Tensor, probes: Tensor, reduce: bool = True) -> tuple[Tensor, Tensor]:

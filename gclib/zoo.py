@@ -246,6 +246,15 @@ SCORE_READING = {"steps": 20, "n_probes": 2, "seed": 0, "t_min": 1e-3, "grid": "
 SCORE_READINGS = {"score-unet32": "diffusion-unet32"}  # the reading's name -> the network's zoo name
 SCORE_N, SCORE_BATCH, SCORE_CHECK_N = 800, 10, 1
 
+# Out-of-distribution detection with the diffusion network's densities (the "diffusion-ood" artifact): for the
+# first OOD_N images of every set of gclib.data.ood (seed EVAL_SEED), Li et al.'s class scores (the unpruned rule,
+# C x 100 evaluations), the class ELBOs on a log-SNR bank of OOD_ELBO_PAIRS pairs (C x 20 evaluations: the bound
+# with a larger but stated noise SE) and the score-based reading's class log-likelihoods (SCORE_READING), all at
+# the seeded evaluation point like the test images'; plus the same small-bank ELBOs of the score artifact's
+# SCORE_N test images (the in-distribution side; their ODE likelihoods are the score artifact's). About 10 s of
+# a CPU core an OoD image, 0.6 s a test image; chunks of SCORE_BATCH images in one thread each.
+OOD_N, OOD_ELBO_PAIRS = 50, 20
+
 
 ZOO: dict[tuple[str, str], ZooEntry] = {(e.dataset, e.name): e for e in _fashion_mnist()}
 
@@ -667,6 +676,9 @@ def _verify_diffusion(model, name: str, dataset: str, root, test, sample: int = 
     stem = evals.path_of(name, "score", dataset, root)
     if stem.with_name(stem.name + ".json").is_file():
         problems += _verify_score(model, name, dataset, root, test, g)
+    stem = evals.path_of(name, "diffusion-ood", dataset, root)
+    if stem.with_name(stem.name + ".json").is_file():
+        problems += _verify_diffusion_ood(model, name, dataset, root, test, g)
     return {"manifest": record, "measured": {"n": n, "correct": correct, "sample_seed": seed, "checked": pick.numel()},
             "problems": problems}
 
@@ -679,7 +691,7 @@ def _verify_score(model, name: str, dataset: str, root, test, g: torch.Generator
     scores of ``sample`` random images recomputed alone match (to 1e-3 nats + 1e-5 relative: the artifact's
     chunks of SCORE_BATCH images round differently, by up to 1e-3 nats of about 3,000 measured)."""
     from . import evals
-    from .model import nats_to_bits_per_dim
+    from .score import mixture_bits_per_dim
 
     t, art = evals.load(evals.path_of(name, "score", dataset, root), model_sha256=model.manifest["sha256"])
     info = art["info"]
@@ -689,8 +701,7 @@ def _verify_score(model, name: str, dataset: str, root, test, g: torch.Generator
     scores = t["scores"]
     if not torch.equal(scores.mean(1).argmax(1), t["predictions"]):
         problems.append("score: the predictions are not the best class of the scores")
-    bpd = nats_to_bits_per_dim(torch.logsumexp(scores.mean(1) - math.log(scores.shape[2]), dim=1),
-                               math.prod(model.input_shape))
+    bpd = mixture_bits_per_dim(scores, math.prod(model.input_shape))
     if not torch.allclose(bpd, t["bits_per_dim"], rtol=1e-9, atol=1e-9):
         problems.append("score: bits_per_dim do not follow from the scores")
     correct = int((t["predictions"] == t["labels"]).sum())
@@ -705,6 +716,47 @@ def _verify_score(model, name: str, dataset: str, root, test, g: torch.Generator
         if not torch.allclose(got, scores[i:i + 1], rtol=1e-5, atol=1e-3):
             problems.append(f"score of test image {int(t['indices'][i])}: differs by up to "
                             f"{float((got - scores[i:i + 1]).abs().max()):.2e} nats")
+    return problems
+
+
+def _verify_diffusion_ood(model, name: str, dataset: str, root, test, g: torch.Generator) -> list[str]:
+    """Check a shipped ``diffusion-ood`` artifact: its test images are the seeded subset, it was computed with
+    today's settings, the manifest's mean bits/dim follow from its tensors, and one random test image's ELBOs
+    and one random OoD image's every part recomputed alone match (ELBOs and class scores to float32 rounding,
+    rtol 1e-4; the ODE likelihoods to 1e-3 nats as in :func:`_verify_score`)."""
+    from . import evals
+    from .score import mixture_bits_per_dim
+
+    t, art = evals.load(evals.path_of(name, "diffusion-ood", dataset, root), model_sha256=model.manifest["sha256"])
+    info = art["info"]
+    problems = _check_subset(t, test, "diffusion-ood")
+    if info.get("elbo_pairs") != OOD_ELBO_PAIRS or info.get("score_settings") != score_reading(model).settings():
+        problems.append(f"diffusion-ood: computed with elbo_pairs={info.get('elbo_pairs')} and "
+                        f"{info.get('score_settings')}, not today's {OOD_ELBO_PAIRS} and {SCORE_READING}")
+    d = math.prod(model.input_shape)
+    want = {"test": {"elbo_bits_per_dim": float(mixture_bits_per_dim(t["elbo"], d).mean())}}
+    for s in info["sets"]:
+        want[s] = {"elbo_bits_per_dim": float(mixture_bits_per_dim(t[f"{s}.elbo"], d).mean()),
+                   "ode_bits_per_dim": float(mixture_bits_per_dim(t[f"{s}.ode"], d).mean())}
+    got_summary = info.get("mean_bits_per_dim", {})
+    if set(got_summary) != set(want) or any(not math.isclose(got_summary[k][m], v, rel_tol=1e-9)
+                                            for k in want for m, v in want[k].items()):
+        problems.append("diffusion-ood: the manifest's mean bits/dim do not follow from the tensors")
+    i = int(torch.randint(len(t["indices"]), (1,), generator=g))
+    x, _ = test.batch(t["indices"][i:i + 1])
+    got = ood_images(model, x, "elbo", info["elbo_pairs"])
+    if not torch.allclose(got["elbo"], t["elbo"][i:i + 1], rtol=1e-4, atol=1e-3):
+        problems.append(f"diffusion-ood: ELBOs of test image {int(t['indices'][i])} differ by up to "
+                        f"{float((got['elbo'] - t['elbo'][i:i + 1]).abs().max()):.2e} nats")
+    s = info["sets"][int(torch.randint(len(info["sets"]), (1,), generator=g))]
+    j = int(torch.randint(info["n_per_set"], (1,), generator=g))
+    x = ood_sets(info["n_per_set"], model.input_shape)[s][j:j + 1]
+    got = ood_images(model, x, "all", info["elbo_pairs"])
+    for k, rtol, atol in (("elbo", 1e-4, 1e-3), ("scores", 1e-4, 1e-3), ("ode", 1e-5, 1e-3)):
+        shipped = t[f"{s}.{k}"][j:j + 1]
+        if not torch.allclose(got[k], shipped, rtol=rtol, atol=atol):
+            problems.append(f"diffusion-ood: {k} of {s} image {j} differ by up to "
+                            f"{float((got[k] - shipped).abs().max()):.2e} nats")
     return problems
 
 
@@ -1027,7 +1079,7 @@ ATTACK_N, ATTACK_CHECK_N = 10, 2
 ATTACK_METHODS = {"attack-l2": "fmn", "attack-hsj": "hsj"}
 ATTACK_STEPS = {"fmn": 100, "hsj": 10}
 ATTACK_BATCH = {"fmn": 10, "hsj": 5}
-EVALUATE_KINDS = ("corrupt", "attack-l2", "attack-hsj", "score")
+EVALUATE_KINDS = ("corrupt", "attack-l2", "attack-hsj", "score", "diffusion-ood")
 
 
 def score_reading(model):
@@ -1055,6 +1107,161 @@ def score_images(model, x: torch.Tensor) -> torch.Tensor:
         torch.set_num_threads(threads)
 
 
+def _map_chunks(work, model, source, chunks: list[tuple[str, tuple, torch.Tensor]], jobs: int = 1,
+                partial: str | os.PathLike | None = None, progress: bool = True, desc: str = "chunks"
+                ) -> tuple[dict[str, dict[str, torch.Tensor]], float, int]:
+    """Run ``work(model, *args) -> dict of tensors`` on every chunk ``(key, args, indices)``.
+
+    With ``jobs`` > 1 the chunks run in that many spawned processes, each given ``source`` (the model's
+    checkpoint path) instead of the model; ``work`` must then be a module-level function that loads it and
+    computes in one thread, so the result does not depend on ``jobs``. ``partial``: a folder where every
+    finished chunk is kept as ``chunk-<key>.safetensors`` (with its ``indices``) and found again when the run is
+    repeated after an interruption. Returns ``(results by key, seconds of the computed chunks x workers,
+    images computed)``.
+    """
+    import time
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    from tqdm import tqdm
+
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ConfigError(f"jobs must be an integer >= 1, got {jobs!r}")
+    folder = Path(partial) if partial is not None else None
+    done: dict[str, dict[str, torch.Tensor]] = {}
+    if folder is not None:
+        from safetensors.torch import load_file
+
+        folder.mkdir(parents=True, exist_ok=True)
+        for key, _, index in chunks:
+            f = folder / f"chunk-{key}.safetensors"
+            if f.is_file():
+                part = load_file(str(f))
+                if torch.equal(part.pop("indices"), index):
+                    done[key] = part
+    todo = [c for c in chunks if c[0] not in done]
+    if jobs > 1 and len(todo) > 1 and source is None:
+        raise ConfigError("with jobs > 1 the workers need source, the model's checkpoint path")
+
+    def keep(key: str, index: torch.Tensor, result: dict[str, torch.Tensor]) -> None:
+        done[key] = result
+        if folder is not None:
+            checkpoints._atomic_save_tensors({"indices": index, **result}, folder / f"chunk-{key}.safetensors")
+
+    bar = tqdm(total=sum(len(c[2]) for c in todo), desc=desc, unit="image", disable=not progress)
+    start = time.perf_counter()
+    workers = min(jobs, len(todo)) if todo else 1
+    if workers > 1:
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+            futures = [pool.submit(work, str(source), *args) for _, args, _ in todo]
+            for (key, _, index), future in zip(todo, futures):
+                keep(key, index, future.result())
+                bar.update(len(index))
+    else:
+        for key, args, index in todo:
+            keep(key, index, work(model, *args))
+            bar.update(len(index))
+    bar.close()
+    return done, (time.perf_counter() - start) * workers, sum(len(c[2]) for c in todo)
+
+
+def _check_jobs(jobs, source, what: str) -> None:
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ConfigError(f"jobs must be an integer >= 1, got {jobs!r}")
+    if jobs > 1 and source is None:
+        raise ConfigError(f"{what} with jobs > 1 needs source, the model's checkpoint path, for the workers")
+
+
+def _score_work(model, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {"scores": score_images(model, x)}
+
+
+def ood_images(model, x: torch.Tensor, parts: str = "all", elbo_pairs: int | None = None
+               ) -> dict[str, torch.Tensor]:
+    """A diffusion classifier's densities and class scores of images ``x`` [B, C, H, W] in [0, 1], as the
+    ``diffusion-ood`` artifact holds them (float64, computed in one thread; ``model``: the classifier or its
+    checkpoint path, as in a worker process).
+
+    ``elbo``, ``elbo_se`` [B, C]: each class's ELBO (a lower bound on log p(x|y), nats) on a log-SNR bank of
+    ``elbo_pairs`` pairs (default :data:`OOD_ELBO_PAIRS`), and its noise SE, at the seeded evaluation point.
+    With ``parts="all"`` also ``scores`` [B, C] (Li et al.'s unpruned class scores of x as given, what the
+    classifier's logits are made of) and ``ode`` [B, P, C] (the score-based reading, :func:`score_images`).
+    """
+    from .model import evaluation_point
+
+    if parts not in ("all", "elbo"):
+        raise ConfigError(f"parts must be 'all' or 'elbo', got {parts!r}")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        if isinstance(model, (str, Path)):
+            model = checkpoints.load(model, device="cpu", verify=False).eval()
+        point = evaluation_point(x, "seeded", EVAL_SEED)
+        with torch.no_grad():
+            elbo, se = model.elbo(point, pairs=OOD_ELBO_PAIRS if elbo_pairs is None else elbo_pairs)
+            out = {"elbo": elbo.double(), "elbo_se": se.double()}
+            if parts == "all":
+                out["scores"] = model.class_scores(x).double()
+        if parts == "all":
+            out["ode"] = score_images(model, x)
+        return out
+    finally:
+        torch.set_num_threads(threads)
+
+
+def ood_sets(n: int = OOD_N, shape=(1, 28, 28)) -> dict[str, torch.Tensor]:
+    """The ``diffusion-ood`` artifact's out-of-distribution images: the first ``n`` of every set of
+    :func:`gclib.data.ood` (seed :data:`EVAL_SEED`)."""
+    from . import data
+
+    return {name: data.ood(name, n, tuple(shape), EVAL_SEED) for name in data.ood_names()}
+
+
+def evaluate_diffusion_ood(model, test, n: int | None = None, jobs: int = 1, source: str | os.PathLike | None = None,
+                           progress: bool = True, partial: str | os.PathLike | None = None
+                           ) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The ``diffusion-ood`` artifact of a diffusion classifier (see :data:`OOD_N`): :func:`ood_images` of the
+    first ``n`` images of every OoD set (``SET.elbo``, ``SET.elbo_se``, ``SET.scores``, ``SET.ode``) and the
+    small-bank ELBOs of the score artifact's :data:`SCORE_N` test images (``indices``, ``labels``, ``elbo``,
+    ``elbo_se``). ``jobs``, ``source``, ``partial``: as in :func:`evaluate_score`."""
+    _check_jobs(jobs, source, "evaluate_diffusion_ood")
+    n = OOD_N if n is None else n
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ConfigError(f"n must be an integer >= 1, got {n!r}")
+    sets = ood_sets(n, model.input_shape)
+    n_test = min(SCORE_N, len(test))
+    index = _test_index(len(test), n_test)
+    x, y = test.batch(index)
+    chunks = [(f"test-{s:06d}", (x[s:s + SCORE_BATCH], "elbo", OOD_ELBO_PAIRS), index[s:s + SCORE_BATCH])
+              for s in range(0, n_test, SCORE_BATCH)]
+    chunks += [(f"{name}-{s:06d}", (xs[s:s + SCORE_BATCH], "all", OOD_ELBO_PAIRS),
+                torch.arange(s, min(s + SCORE_BATCH, n)))
+               for name, xs in sets.items() for s in range(0, n, SCORE_BATCH)]
+    done, seconds, computed = _map_chunks(ood_images, model, source, chunks, jobs, partial, progress,
+                                          "diffusion OoD")
+
+    def gather(prefix: str, total: int) -> dict[str, torch.Tensor]:
+        parts = [done[f"{prefix}-{s:06d}"] for s in range(0, total, SCORE_BATCH)]
+        return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+    from .score import mixture_bits_per_dim
+
+    d = math.prod(model.input_shape)
+    tensors = {"indices": index, "labels": y, **gather("test", n_test)}
+    summary = {"test": {"elbo_bits_per_dim": float(mixture_bits_per_dim(tensors["elbo"], d).mean())}}
+    for name in sets:
+        for k, v in gather(name, n).items():
+            tensors[f"{name}.{k}"] = v
+        summary[name] = {"elbo_bits_per_dim": float(mixture_bits_per_dim(tensors[f"{name}.elbo"], d).mean()),
+                         "ode_bits_per_dim": float(mixture_bits_per_dim(tensors[f"{name}.ode"], d).mean())}
+    record = {"n": n_test, "n_per_set": n, "subset_seed": EVAL_SEED, "ood_seed": EVAL_SEED, "sets": list(sets),
+              "dequantization": f"seeded ({EVAL_SEED})", "elbo_pairs": OOD_ELBO_PAIRS,
+              "score_settings": score_reading(model).settings(), "mean_bits_per_dim": summary,
+              "seconds": round(seconds, 1), "images_computed": computed, "jobs": jobs, "torch_threads": 1,
+              "chunk": SCORE_BATCH}
+    return record, tensors
+
+
 def evaluate_score(model, test, n: int | None = None, jobs: int = 1, source: str | os.PathLike | None = None,
                    progress: bool = True, partial: str | os.PathLike | None = None
                    ) -> tuple[dict, dict[str, torch.Tensor]]:
@@ -1066,61 +1273,22 @@ def evaluate_score(model, test, n: int | None = None, jobs: int = 1, source: str
     ``jobs`` > 1 the chunks run in that many processes loading ``source``. ``partial``: a folder where every
     finished chunk is kept (and found again when the run is repeated after an interruption).
     """
-    import time
-    from concurrent.futures import ProcessPoolExecutor
-    from multiprocessing import get_context
-
-    from tqdm import tqdm
-
     from .model import nats_to_bits_per_dim
+    from .score import mixture_bits_per_dim
 
-    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
-        raise ConfigError(f"jobs must be an integer >= 1, got {jobs!r}")
-    if jobs > 1 and source is None:
-        raise ConfigError("evaluate_score with jobs > 1 needs source, the model's checkpoint path, for the workers")
+    _check_jobs(jobs, source, "evaluate_score")
     n = min(SCORE_N if n is None else n, len(test))
     index = _test_index(len(test), n)
     x, y = test.batch(index)
     starts = list(range(0, n, SCORE_BATCH))
-    folder = Path(partial) if partial is not None else None
-    done: dict[int, torch.Tensor] = {}
-    if folder is not None:
-        from safetensors.torch import load_file
-
-        folder.mkdir(parents=True, exist_ok=True)
-        for s in starts:
-            f = folder / f"chunk-{s:06d}.safetensors"
-            if f.is_file():
-                part = load_file(str(f))
-                if torch.equal(part["indices"], index[s:s + SCORE_BATCH]):
-                    done[s] = part["scores"]
-    todo = [s for s in starts if s not in done]
-    start = time.perf_counter()
-
-    def keep(s: int, scores: torch.Tensor) -> None:
-        done[s] = scores
-        if folder is not None:
-            checkpoints._atomic_save_tensors({"indices": index[s:s + SCORE_BATCH], "scores": scores},
-                                             folder / f"chunk-{s:06d}.safetensors")
-
-    bar = tqdm(total=len(todo) * SCORE_BATCH, desc="score-based reading", unit="image", disable=not progress)
-    if jobs > 1 and len(todo) > 1:
-        with ProcessPoolExecutor(min(jobs, len(todo)), mp_context=get_context("spawn")) as pool:
-            for s, scores in zip(todo, pool.map(score_images, [str(source)] * len(todo),
-                                                [x[s:s + SCORE_BATCH] for s in todo])):
-                keep(s, scores)
-                bar.update(len(scores))
-    else:
-        for s in todo:
-            keep(s, score_images(model, x[s:s + SCORE_BATCH]))
-            bar.update(min(SCORE_BATCH, n - s))
-    bar.close()
-    seconds = time.perf_counter() - start
-    scores = torch.cat([done[s] for s in starts])  # [N, P, C]
+    chunks = [(f"{s:06d}", (x[s:s + SCORE_BATCH],), index[s:s + SCORE_BATCH]) for s in starts]
+    done, seconds, computed = _map_chunks(_score_work, model, source, chunks, jobs, partial, progress,
+                                          "score-based reading")
+    scores = torch.cat([done[f"{s:06d}"]["scores"] for s in starts])  # [N, P, C]
     log_prior = -math.log(scores.shape[2])
     per_probe = torch.logsumexp(scores + log_prior, dim=2)  # [N, P]: log p(x) of each probe's estimate
     d = math.prod(x.shape[1:])
-    bpd = nats_to_bits_per_dim(torch.logsumexp(scores.mean(1) + log_prior, dim=1), d)  # as ScoreClassifier.log_px
+    bpd = mixture_bits_per_dim(scores, d)  # as ScoreClassifier.log_px
     p = scores.shape[1]
     bpd_se = (nats_to_bits_per_dim(per_probe, d).std(1) / math.sqrt(p)) if p > 1 else torch.full_like(bpd, math.nan)
     pred = scores.mean(1).argmax(1)
@@ -1134,8 +1302,8 @@ def evaluate_score(model, test, n: int | None = None, jobs: int = 1, source: str
               "bits_per_dim_kind": f"exact up to the estimator ({p} Hutchinson probes, {reading.steps} RK4 steps)",
               "estimator_se_bits_per_dim": float(bpd_se.mean()),
               "evaluations_per_image": reading.evaluations_per_image,
-              "seconds_per_image": round(seconds * min(jobs, len(todo)) / sum(min(SCORE_BATCH, n - s) for s in todo), 2)
-              if todo else None, "jobs": jobs, "torch_threads": 1, "chunk": SCORE_BATCH}
+              "seconds_per_image": round(seconds / computed, 2) if computed else None, "jobs": jobs,
+              "torch_threads": 1, "chunk": SCORE_BATCH}
     tensors = {"indices": index, "labels": y, "scores": scores, "predictions": pred, "bits_per_dim": bpd,
                "bits_per_dim_se": bpd_se}
     return record, tensors
@@ -1275,13 +1443,16 @@ def evaluate_shipped(name: str, what: str = "corrupt", dataset: str = "fashion-m
     model = checkpoints.load(path, device="cpu", verify=True).eval()
     if test is None:
         test = data.load(dataset)[2]
-    if what == "score" and model.manifest.get("kind") != "diffusion":
-        raise ConfigError(f"the score-based reading needs a diffusion model's network; {name} is a "
+    if what in ("score", "diffusion-ood") and model.manifest.get("kind") != "diffusion":
+        raise ConfigError(f"the {what} evaluation needs a diffusion model's network; {name} is a "
                           f"{model.manifest.get('kind')} model")
     if what == "corrupt":
         record, tensors = evaluate_corruptions(model, test, progress=progress)
     elif what == "score":
         record, tensors = evaluate_score(model, test, n=n, jobs=jobs, source=path, progress=progress, partial=partial)
+    elif what == "diffusion-ood":
+        record, tensors = evaluate_diffusion_ood(model, test, n=n, jobs=jobs, source=path, progress=progress,
+                                                 partial=partial)
     else:
         record, tensors = evaluate_attacks(model, test, method=ATTACK_METHODS[what], jobs=jobs, source=path)
     return evals.save(evals.path_of(name, what, dataset, root), tensors, model_sha256=model.manifest["sha256"],
@@ -1711,13 +1882,16 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("names", nargs="*", help="default: every shipped model")
     r.add_argument("--subset", action="store_true", help=f"only (re)write the record on the fixed {CI_SUBSET}-image "
                    "test subset the tests check")
-    ev = sub.add_parser("evaluate", help="compute an evaluation artifact of a shipped model (what: corrupt, attack-l2, attack-hsj, score)")
+    ev = sub.add_parser("evaluate", help="compute an evaluation artifact of a shipped model (what: "
+                        f"{', '.join(EVALUATE_KINDS)})")
     ev.add_argument("name")
     ev.add_argument("--what", default="corrupt", choices=EVALUATE_KINDS)
-    ev.add_argument("--jobs", type=int, default=1, help="worker processes for the attacks and the score-based "
-                    "reading (one thread each); the artifact does not depend on it")
-    ev.add_argument("--n", type=int, help=f"images of the seeded test subset (score: default {SCORE_N})")
-    ev.add_argument("--partial", help="score: a folder keeping finished chunks, so an interrupted run resumes")
+    ev.add_argument("--jobs", type=int, default=1, help="worker processes for the attacks, the score-based "
+                    "reading and diffusion-ood (one thread each); the artifact does not depend on it")
+    ev.add_argument("--n", type=int, help=f"score: images of the seeded test subset (default {SCORE_N}); "
+                    f"diffusion-ood: images per OoD set (default {OOD_N})")
+    ev.add_argument("--partial", help="score, diffusion-ood: a folder keeping finished chunks, so an interrupted "
+                    "run resumes")
     v = sub.add_parser("verify", help="recompute the test figures of shipped models and compare")
     v.add_argument("names", nargs="*", help="default: every shipped model")
     v.add_argument("--subset", action="store_true", help=f"check the fixed {CI_SUBSET}-image subset only (fast)")

@@ -198,3 +198,82 @@ def test_the_shipped_reading_loads_by_name():
     assert reading.evaluations_per_image == 10 * 20 * 4 * 3
     with pytest.raises(gclib.CheckpointError, match="score-unet64"):
         gclib.get_model("score-unet64")
+
+
+def test_mixture_bits_per_dim_and_small_elbo_bank():
+    import math
+
+    from gclib.diffusion import DiffusionClassifier
+    from gclib.model import nats_to_bits_per_dim
+    from gclib.score import mixture_bits_per_dim
+
+    ll = torch.tensor([[-1000.0, -1010.0, -990.0]], dtype=torch.float64)
+    want = nats_to_bits_per_dim(torch.logsumexp(ll, 1) - math.log(3), 784)
+    torch.testing.assert_close(mixture_bits_per_dim(ll, 784), want)
+    probes = torch.stack([ll - 4, ll + 4], 1)  # [B, P, C]: the mean over probes first
+    torch.testing.assert_close(mixture_bits_per_dim(probes, 784), want)
+    with pytest.raises(gclib.InputError, match=r"\[B, C\] or \[B, P, C\]"):
+        mixture_bits_per_dim(ll[0], 784)
+
+    torch.manual_seed(0)
+    model = DiffusionClassifier(TinyUNet(1, 3, width=8, emb=8), 3, (1, 28, 28), n_pairs=4, elbo_pairs=6).eval()
+    x = torch.rand(2, 1, 28, 28)
+    with torch.no_grad():
+        full, full_se = model.elbo(x)
+        same, same_se = model.elbo(x, pairs=6)  # the same seed and size: the model's own bank
+        small, small_se = model.elbo(x, pairs=2)
+    torch.testing.assert_close(same, full)
+    torch.testing.assert_close(same_se, full_se)
+    assert small.shape == (2, 3) and not torch.equal(small, full) and torch.isfinite(small).all()
+    with pytest.raises(gclib.InputError, match="pairs must be"):
+        model.elbo(x, pairs=0)
+
+
+def test_diffusion_ood_artifact_resumes_is_worker_independent_and_verified(tmp_path, fashion, monkeypatch):
+    """zoo evaluate --what diffusion-ood on a tiny published diffusion model: every OoD set and the score
+    artifact's test images, chunks resumed from --partial, two workers write what one does, verify recomputes
+    a test and an OoD image and catches tampering, a non-diffusion model is refused."""
+    import json
+
+    from gclib import evals, zoo
+    from gclib.diffusion import DiffusionClassifier, fit
+    from gclib.errors import ConfigError
+    from gclib.score import mixture_bits_per_dim
+
+    train, _, test = fashion
+    torch.manual_seed(0)
+    model = DiffusionClassifier(TinyUNet(1, 10, width=8, emb=8), 10, (1, 28, 28), n_pairs=4,
+                                stages=((2, 3), (4, 1)), elbo_pairs=4)
+    fit(model, train.subset(64, 0), None, epochs=1, batch_size=32, out=tmp_path / "run", progress=False)
+    root = tmp_path / "ckpt"
+    small = test.subset(30, seed=3)
+    zoo.publish(tmp_path / "run", "tiny-diffusion", root=root, test=small)
+    for name, value in (("SCORE_BATCH", 2), ("SCORE_N", 3), ("OOD_ELBO_PAIRS", 3)):
+        monkeypatch.setattr(zoo, name, value)
+    shipped = zoo.get_model("tiny-diffusion", root=root)
+    record, one = zoo.evaluate_diffusion_ood(shipped, small, n=2, progress=False, partial=tmp_path / "partial")
+    sets = gclib.data.ood_names()
+    assert record["sets"] == sets and record["n"] == 3 and record["images_computed"] == 3 + 2 * len(sets)
+    assert one["elbo"].shape == (3, 10) and one["digits.ode"].shape == (2, 2, 10)
+    assert one["constant.scores"].shape == (2, 10) and torch.equal(one["indices"], zoo._test_index(30, 3))
+    assert math.isclose(record["mean_bits_per_dim"]["photos"]["ode_bits_per_dim"],
+                        float(mixture_bits_per_dim(one["photos.ode"], 784).mean()))
+    _, two = zoo.evaluate_diffusion_ood(shipped, small, n=2, jobs=2, progress=False,
+                                        source=root / "fashion-mnist" / "tiny-diffusion")
+    assert one.keys() == two.keys() and all(torch.equal(one[k], two[k]) for k in one)
+    path = zoo.evaluate_shipped("tiny-diffusion", "diffusion-ood", root=root, test=small, n=2, progress=False,
+                                partial=tmp_path / "partial")  # every chunk found again: nothing recomputed
+    assert json.loads(path.read_text())["info"]["images_computed"] == 0
+    assert zoo._mismatches(zoo.verify("tiny-diffusion", root=root, test=small)) == []
+    t, manifest = evals.load(evals.path_of("tiny-diffusion", "diffusion-ood", root=root))
+    t["elbo"] += 0.5  # tampered ELBOs, the summary rewritten to follow: only the recomputed image can tell
+    summary = manifest["info"]["mean_bits_per_dim"]
+    summary["test"]["elbo_bits_per_dim"] = float(mixture_bits_per_dim(t["elbo"], 784).mean())
+    evals.save(evals.path_of("tiny-diffusion", "diffusion-ood", root=root), t, model_sha256=manifest["model_sha256"],
+               inputs=manifest["inputs"], **manifest["info"])
+    problems = zoo._mismatches(zoo.verify("tiny-diffusion", root=root, test=small))
+    assert any("ELBOs of test image" in p for p in problems), problems
+    with pytest.raises(ConfigError, match="diffusion model's network"):
+        zoo.evaluate_shipped("gc-beta-8", "diffusion-ood", n=1)
+    with pytest.raises(ConfigError, match="n must be"):
+        zoo.evaluate_diffusion_ood(shipped, small, n=0)
