@@ -49,6 +49,7 @@ __all__ = [
     "classify",
     "classify_from_errors",
     "denoising_errors",
+    "elbo_weighted_scores",
     "denoising_loss",
     "fit",
     "negative_elbo",
@@ -332,6 +333,29 @@ def classify_from_errors(errors: Tensor, stages) -> tuple[Tensor, Tensor]:
 
     pred, evaluations, _ = classify(errors_fn, b, c, stages, device=errors.device)
     return pred, evaluations
+
+
+def elbo_weighted_scores(errors: Tensor, t: Tensor, schedule: VPSchedule, dims: int) -> Tensor:
+    """The ELBO's class term read off an error matrix on a bank uniform in t (:meth:`NoiseBank.make`):
+    ``-D/2 int ||eps - eps_hat||^2 d(-lambda)`` over the bank's t range, estimated as that range times the
+    mean over pairs of the errors weighted by ``-d lambda / dt = beta(t) / sigma(t)^2``.
+
+    Args:
+        errors: [B, C, N] mean squared errors per dim (:meth:`DiffusionClassifier.error_matrix`).
+        t: [N] the bank's times.
+        schedule: the noise schedule.
+        dims: D, the image's dimension.
+
+    Returns:
+        [B, C] float64 nats, higher = more likely: the bound's class-dependent part (the prior and decoder
+        terms it leaves out are the same for every class), restricted to the bank's t range. Li et al.'s rule
+        weights every pair equally instead; this is the bound's own weighting of the same errors.
+    """
+    t = torch.as_tensor(t, dtype=torch.float64, device=errors.device)
+    if errors.dim() != 3 or errors.shape[2] != len(t):
+        raise InputError(f"errors must be [B, C, N] with N = len(t) = {len(t)}, got {tuple(errors.shape)}")
+    weight = schedule.beta(t) / schedule.sigma(t) ** 2
+    return -0.5 * dims * float(t.max() - t.min()) * (errors.double() * weight).mean(2)
 
 
 class _SinusoidalTime(nn.Module):

@@ -412,3 +412,19 @@ def test_publish_verify_and_artifacts_of_a_diffusion_model(tmp_path, fashion):
     evals.save(evals.path_of("tiny-diffusion", "test", root=root), t, model_sha256=manifest["model_sha256"],
                inputs=manifest["inputs"])
     assert zoo._mismatches(zoo.verify("tiny-diffusion", root=root, test=test))
+
+
+def test_elbo_weighted_scores_weight_each_pair_by_minus_dlambda_dt():
+    """Errors equal to a_c sigma(t)^2 / beta(t) make every weighted pair equal to a_c: the class term is then
+    exactly -D/2 (t range) a_c, and the ranking the reverse of a_c's, whatever the unweighted mean says."""
+    from gclib.diffusion import NoiseBank, VPSchedule, elbo_weighted_scores
+
+    schedule = VPSchedule()
+    t = NoiseBank.make(16, (1, 2, 2), seed=0).t.double()
+    a = torch.tensor([3.0, 1.0, 2.0], dtype=torch.float64)
+    errors = a[None, :, None] * (schedule.sigma(t) ** 2 / schedule.beta(t))[None, None, :]  # [1, 3, 16]
+    scores = elbo_weighted_scores(errors, t, schedule, dims=4)
+    torch.testing.assert_close(scores, -0.5 * 4 * float(t.max() - t.min()) * a[None])
+    assert scores.argmax(1).item() == 1 and scores.dtype == torch.float64
+    with pytest.raises(gclib.InputError, match=r"\[B, C, N\]"):
+        elbo_weighted_scores(errors[:, :, :5], t, schedule, dims=4)
