@@ -40,6 +40,11 @@ n_live = 2  # artifact images recomputed from the model here (5-10 s each on a C
 compare = "gc-beta-8,gc-large-beta-1,gc-large-beta-8,gc-large-beta-1536,gc-large-beta-inf,resnet18"  # zoo models beside it
 n_bootstrap = 200  # resamples of the images for the SEs of kappa and ECE
 n_live_score = 1  # images of the score-based artifact recomputed here (about 7 s each on a CPU core)
+ibinn_ood = "gc-large-beta-8"  # the IB-INN read beside the two densities on the same OoD and test images
+max_ratio = 10.0  # "both": the runner-up class at least 1/max_ratio as likely as the best (the gc_vs_dc chapter's)
+coverage = 0.99  # the typical range of bits/dim holds this share of the reference test images
+corrupt_shipped = "abs-vae8"  # other models whose shipped corruption artifacts cover the same images
+corrupt_live = "gc-beta-8,gc-large-beta-8,resnet18"  # models that classify the corrupted images here
 figures = "figures"  # output folder for figures and tables
 
 # %%
@@ -54,7 +59,7 @@ from myst_nb import glue
 
 import gclib
 from gclib import calibration, evals, plotting, robust
-from gclib.diffusion import classify_from_errors
+from gclib.diffusion import classify_from_errors, elbo_weighted_scores
 
 start = time.time()
 test = gclib.data.load(dataset)[2]
@@ -295,13 +300,9 @@ assert torch.equal(s_t["indices"], t["indices"][:n_s]) and torch.equal(m["indice
 score_right = (s_t["predictions"] == s_t["labels"]).double()
 li_right = (t["predictions"][:n_s] == t["labels"][:n_s]).double()
 schedule = model.schedule
-bank_t = model.bank_t.double()[:n_pairs]
-w_elbo = schedule.beta(bank_t) / schedule.sigma(bank_t) ** 2
-# The ELBO's diffusion term per class (nats, up to a constant shared by the classes): D/2 * int ||eps - eps_hat||^2
-# d(-log-SNR), estimated on the uniform bank by the weight above times the bank's t range.
 d_dims = math.prod(model.input_shape)
-elbo_term = 0.5 * d_dims * (float(bank_t.max() - bank_t.min()) * (errors.double() * w_elbo).mean(2))
-elbo_pred = (-elbo_term).argmax(1)
+elbo_scores = elbo_weighted_scores(errors, model.bank_t[:n_pairs], schedule, d_dims)  # [n, C], nats
+elbo_pred = elbo_scores.argmax(1)
 elbo_right = (elbo_pred == labels).double()[:n_c]
 score_sub = score_right[:n_c]
 
@@ -388,7 +389,7 @@ def margins(scores):
 
 
 ode_margin = margins(s_t["scores"][:n_c].mean(1))
-elbo_margin = margins(-elbo_term[:n_c])
+elbo_margin = margins(elbo_scores[:n_c])
 fig, axes = plotting.figure(2, width=4.2, height=3.8)
 ax = axes[0][0]
 ax.imshow(100 * conf.numpy(), cmap="Blues", vmin=0, vmax=100)
@@ -420,4 +421,180 @@ corr = float(np.corrcoef(elbo_margin, ode_margin)[0, 1])
 print(f"correlation of the margins: {corr:.2f}")
 glue("score_margin_corr", round(corr, 2), display=False)
 glue("score_common_n", n_c, display=False)
+# %% [markdown]
+# ## Out of distribution: the bound, the exact likelihood and the class scores
+# The OoD chapter's question for this network's two densities. The zoo ships `evals/<model>.diffusion-ood`
+# (`python -m gclib.zoo evaluate <model> --what diffusion-ood`, about 10 s of a CPU core an OoD image): for the
+# first images of every set of `gclib.data.ood`, every class's ELBO (on a log-SNR bank of 20 pairs: a lower
+# bound on log p(x|y) with a larger, stated noise SE than the 1,000-pair bank of the table above), the
+# score-based reading's class log-likelihoods and Li et al.'s class scores; and the same small-bank ELBOs of
+# the score artifact's test images. All are read at the seeded dequantized image, as every family's
+# bits/dim. The first half of those test images plays the OoD chapter's held-out validation images (it
+# defines "typical"), the second half is the in-distribution side of every AUROC. The IB-INN `ibinn_ood`
+# reads the same images here, at the same point. Scores: one-tailed (bits/dim: higher is more OoD),
+# typicality (distance from the reference's mean bits/dim) and max-softmax of the class posterior (for Li
+# et al.'s rule the in-distribution side is the error matrix's images, the first of the subset).
+
+# %%
+from gclib import detect, explain
+from gclib.model import evaluation_point
+from gclib.score import mixture_bits_per_dim
+
+o_t, o_manifest = evals.load(evals.path_of(model_name, "diffusion-ood", dataset), model_sha256=manifest["sha256"])
+o_info = o_manifest["info"]
+assert torch.equal(o_t["indices"], s_t["indices"]), "the OoD artifact's test images are not the score artifact's"
+assert o_info["score_settings"] == s_info["settings"], "the OoD artifact used another score-based reading"
+set_names = o_info["sets"]
+ood_x = zoo_module.ood_sets(o_info["n_per_set"], model.input_shape)
+j = int(torch.randint(o_info["n_per_set"], (1,), generator=g))
+live = zoo_module.ood_images(model, ood_x[set_names[0]][j:j + 1], "elbo", o_info["elbo_pairs"])["elbo"]
+print(f"{set_names[0]} image {j}: ELBOs recomputed, largest difference "
+      f"{float((live - o_t[f'{set_names[0]}.elbo'][j:j + 1]).abs().max()):.1e} nats")
+assert torch.allclose(live, o_t[f"{set_names[0]}.elbo"][j:j + 1], rtol=1e-4, atol=1e-3), "the artifact does not match"
+
+half = n_s // 2
+ref, ind = slice(0, half), slice(half, n_s)
+x_s = test.batch(s_t["indices"])[0]
+ib = gclib.get_model(ibinn_ood, dataset, device="cpu").eval()
+with torch.no_grad():
+    ib_out = {"test": explain.gc_outputs(ib, evaluation_point(x_s, "seeded", zoo_module.EVAL_SEED))}
+    ib_out.update({k: explain.gc_outputs(ib, evaluation_point(v, "seeded", zoo_module.EVAL_SEED))
+                   for k, v in ood_x.items()})
+# per reading: class log-likelihoods (or their bound) of the test images and of every OoD set, nats
+readings = {
+    "diffusion: ELBO (bound)": {"test": o_t["elbo"], **{k: o_t[f"{k}.elbo"] for k in set_names}},
+    "score-based: ODE (exact up to the estimator)": {"test": s_t["scores"].mean(1),
+                                                     **{k: o_t[f"{k}.ode"].mean(1) for k in set_names}},
+    f"IB-INN {ibinn_ood} (exact)": {k: v["log_likelihoods"].double() for k, v in ib_out.items()},
+}
+bpd_of = {r: {k: mixture_bits_per_dim(v, d_dims) for k, v in ll.items()} for r, ll in readings.items()}
+ood_rows = []
+for r, b in bpd_of.items():
+    for score, fn in (("one-tailed", detect.one_tailed), ("typicality", detect.typicality)):
+        ood_rows.append(detect.detection_row(r, score, fn(b["test"][ind], b["test"][ref]),
+                                             {k: fn(b[k], b["test"][ref]) for k in set_names}))
+    post = {k: torch.log_softmax(v, 1) for k, v in readings[r].items()}
+    ood_rows.append(detect.detection_row(r, "max-softmax", detect.max_softmax(post["test"][ind]),
+                                         {k: detect.max_softmax(post[k]) for k in set_names}))
+li_test = -0.5 * d_dims * errors.double().mean(2)  # Li et al.'s class scores of the error matrix's images
+ood_rows.append(detect.detection_row("diffusion: Li et al.'s class scores", "max-softmax",
+                                     detect.max_softmax(li_test), {k: detect.max_softmax(o_t[f"{k}.scores"])
+                                                                   for k in set_names}))
+ood_table = pd.DataFrame(ood_rows)
+md = plotting.save_frame(ood_table, "table_diffusion_ood", figures)
+glue("table_diffusion_ood", ood_table, display=False)
+display(Markdown(f"AUROC (%) against {n_s - half} test images (Li et al.'s scores: {n}), "
+                 f"{o_info['n_per_set']} images per OoD set:\n\n" + md))
+keys = {"diffusion: ELBO (bound)": "elbo", "score-based: ODE (exact up to the estimator)": "ode"}
+for row in ood_rows:
+    k = keys.get(row["model"], "ibinn" if row["model"].startswith("IB-INN") else "li")
+    for col in ["mean AUROC", "max SE", *set_names]:
+        glue(f"diffusion_ood_{k}_{row['score'].replace('-', '_')}_{col.replace(' ', '_').replace('-', '_')}",
+             row[col], display=False)
+for r, k in (*keys.items(), (f"IB-INN {ibinn_ood} (exact)", "ibinn")):
+    for name, b in bpd_of[r].items():
+        glue(f"diffusion_ood_{k}_bpd_{name.replace('-', '_')}", round(float(b.mean()), 2), display=False)
+glue("diffusion_ood_n", o_info["n_per_set"], display=False)
+glue("diffusion_ood_ref_n", half, display=False)
+
+# %% [markdown]
+# Every image's bits/dim under each reading: the test images (reference half) set the shaded typical range,
+# which holds `coverage` of them. Then the three answers of the Figure 1 chapter (`gclib.explain.regions`):
+# **neither** (bits/dim outside the typical range), **both** (typical, and the runner-up class at least
+# 1/`max_ratio` as likely as the best: for the diffusion readings, the class differences of one network on
+# one shared bank) or **confident**; and the test accuracy within "confident" and within "both".
+
+# %%
+import matplotlib.pyplot as plt
+import numpy as np
+
+groups = ["test", *set_names]
+fig, axes = plt.subplots(1, len(readings), figsize=(4.2 * len(readings), 3.2), sharey=True)
+bn_rows = []
+for ax, (r, ll) in zip(axes, readings.items()):
+    b = bpd_of[r]
+    lo, hi = explain.typical_range(b["test"][ref], coverage)
+    ax.axvspan(lo, hi, color="0.85", zorder=0)
+    jitter = np.random.default_rng(0)
+    for i, k in enumerate(groups):
+        v = (b[k][ind] if k == "test" else b[k]).numpy()
+        ax.scatter(v, i + jitter.uniform(-0.25, 0.25, len(v)), s=5, alpha=0.5, color=f"C{i}")
+    ax.set_yticks(range(len(groups)), groups)
+    ax.set_xlabel("bits/dim")
+    ax.set_title(r.replace(" (", "\n("), fontsize=9)
+    codes = {k: explain.regions(v[ind] if k == "test" else v, b[k][ind] if k == "test" else b[k], (lo, hi),
+                                max_ratio) for k, v in ll.items()}
+    right_t = (ll["test"][ind].argmax(1) == s_t["labels"][ind]).numpy()
+    c_t = codes["test"].numpy()
+    row = {"reading": r, "typical_bpd": f"{lo:.2f} to {hi:.2f}",
+           **{f"test_{name}_pct": round(v, 1) for name, v in explain.region_shares(codes["test"]).items()},
+           "test_accuracy_pct": round(100 * float(right_t.mean()), 1),
+           "accuracy_confident_pct": round(100 * float(right_t[c_t == 0].mean()), 1) if (c_t == 0).any() else "",
+           "accuracy_both_pct": round(100 * float(right_t[c_t == 1].mean()), 1) if (c_t == 1).any() else "",
+           "n_both": int((c_t == 1).sum())}
+    row.update({f"{k}_neither_pct": round(explain.region_shares(codes[k])["neither"], 1) for k in set_names})
+    bn_rows.append(row)
+axes[0].invert_yaxis()
+fig.tight_layout()
+plotting.savefig(fig, "fig_diffusion_ood", figures)
+glue("fig_diffusion_ood", fig, display=False)
+bn_table = pd.DataFrame(bn_rows).astype(object)
+md = plotting.save_frame(bn_table, "table_diffusion_both_or_neither", figures)
+glue("table_diffusion_both_or_neither", bn_table, display=False)
+display(Markdown(f"On {n_s - half} test images and {o_info['n_per_set']} per OoD set:\n\n" + md))
+for row, k in zip(bn_rows, ("elbo", "ode", "ibinn")):
+    for col, v in row.items():
+        if col not in ("reading", "typical_bpd"):
+            glue(f"diffusion_bn_{k}_{col.replace('-', '_')}", v, display=False)
+
+# %% [markdown]
+# ## Under corruption: the robustness chapter's protocol
+# The corruption chapter's twelve corruptions (`gclib.robust`) at severity 3 on the first `zoo.CORRUPT_N`
+# images of the seeded subset. The classifier's logits (the log-softmax of Li et al.'s unpruned class scores,
+# 1,000 network evaluations an image, 3 s of a CPU core) on the 13 versions of each image ship as
+# `evals/<model>.corrupt` (`python -m gclib.zoo evaluate <model> --what corrupt`), and so do ABS's on the
+# same images; the tests recompute three random (version, image) pairs of each. The other models classify
+# the same corrupted images here. Columns as in `table_corruptions`: clean and mean corruption accuracy with
+# their SEs over images, the paired difference to the ResNet DC and the error consistency (kappa) with it.
+
+# %%
+c_right, c_y = {}, None
+for name in [model_name, *[c.strip() for c in (corrupt_shipped or "").split(",") if c.strip()]]:
+    sha = manifest["sha256"] if name == model_name else gclib.get_model(name, dataset, device="cpu").manifest["sha256"]
+    c_art, c_manifest = evals.load(evals.path_of(name, "corrupt", dataset), model_sha256=sha)
+    versions = [(v.split(":")[0], int(v.split(":")[1])) for v in c_manifest["info"]["versions"]]
+    if c_y is None:
+        c_index, c_y = c_art["indices"], c_art["labels"]
+        c_versions = versions
+    assert torch.equal(c_art["indices"], c_index) and versions == c_versions, f"{name}: other corrupted images"
+    c_right[name] = c_art["logits"].argmax(2) == c_y
+nc = len(c_index)
+x_c = test.batch(c_index)[0]
+x_versions = torch.cat([zoo_module._version_images(x_c, v) for v in c_versions])
+for name in [c.strip() for c in corrupt_live.split(",") if c.strip()]:
+    other = gclib.get_model(name, dataset, device="cpu").eval()
+    with torch.no_grad():
+        pred = torch.cat([other(x_versions[i:i + 500]).argmax(1) for i in range(0, len(x_versions), 500)])
+    c_right[name] = pred.view(len(c_versions), nc) == c_y
+
+
+def split_versions(r):
+    return r[0].numpy(), {name: r[i:i + 1].numpy() for i, (name, _) in enumerate(c_versions) if name != "clean"}
+
+
+dc_name = next((c for c in c_right if c.startswith("resnet")), None)
+ref_c = split_versions(c_right[dc_name]) if dc_name else (None, None)
+corr_rows = [robust.corruption_row(name, *split_versions(r), *(ref_c if name != dc_name else (None, None)),
+                                   n_bootstrap=n_bootstrap) for name, r in c_right.items()]
+corr_table = pd.DataFrame(corr_rows).astype(object).fillna("")
+md = plotting.save_frame(corr_table, "table_diffusion_corruptions", figures)
+glue("table_diffusion_corruptions", corr_table, display=False)
+display(Markdown(f"On {nc} test images x {len(c_versions) - 1} corruptions at severity 3:\n\n" + md))
+glue("diffusion_corrupt_n", nc, display=False)
+for r in corr_rows:
+    k = r["model"].replace("-", "_")
+    for col in ("clean_pct", "clean_se", "mca_pct", "mca_se", "delta_pct", "delta_se", "kappa_corrupted",
+                "kappa_corrupted_se"):
+        glue(f"diffusion_corrupt_{col}_{k}", r[col], display=False)
+
 print(f"notebook time {time.time() - start:.0f} s")

@@ -264,7 +264,14 @@ def test_diffusion_ood_artifact_resumes_is_worker_independent_and_verified(tmp_p
     path = zoo.evaluate_shipped("tiny-diffusion", "diffusion-ood", root=root, test=small, n=2, progress=False,
                                 partial=tmp_path / "partial")  # every chunk found again: nothing recomputed
     assert json.loads(path.read_text())["info"]["images_computed"] == 0
+    monkeypatch.setattr(zoo, "CORRUPT_N", 2)  # the corruption artifact of a diffusion model is verified too
+    zoo.evaluate_shipped("tiny-diffusion", "corrupt", root=root, test=small, progress=False)
     assert zoo._mismatches(zoo.verify("tiny-diffusion", root=root, test=small)) == []
+    c, c_manifest = evals.load(evals.path_of("tiny-diffusion", "corrupt", root=root))
+    c["logits"] += 0.01
+    evals.save(evals.path_of("tiny-diffusion", "corrupt", root=root), c, model_sha256=c_manifest["model_sha256"],
+               inputs=c_manifest["inputs"], **c_manifest["info"])
+    assert any(p.startswith("corrupt") for p in zoo._mismatches(zoo.verify("tiny-diffusion", root=root, test=small)))
     t, manifest = evals.load(evals.path_of("tiny-diffusion", "diffusion-ood", root=root))
     t["elbo"] += 0.5  # tampered ELBOs, the summary rewritten to follow: only the recomputed image can tell
     summary = manifest["info"]["mean_bits_per_dim"]
