@@ -136,15 +136,11 @@ def test_time_grids_and_bad_settings():
         time_grid(SCHEDULE, 0, 1e-3)
 
 
-def test_score_artifact_publish_verify_rows_and_worker_count(tmp_path, fashion, monkeypatch):
-    """zoo evaluate --what score on a tiny published diffusion model: chunks computed in one thread each, so
-    two worker processes write the same scores as one; verify recomputes an image and catches tampering;
-    the reading gets a table_models row and a name in get_model."""
-    import json
-
-    from gclib import evals, zoo
+def _publish_tiny_diffusion(tmp_path, fashion):
+    """A tiny diffusion classifier trained for a moment and published as "tiny-diffusion" under
+    ``tmp_path / "ckpt"``, evaluated on 30 test images: ``(root, those images)``."""
+    from gclib import zoo
     from gclib.diffusion import DiffusionClassifier, fit
-    from gclib.errors import ConfigError
 
     train, _, test = fashion
     torch.manual_seed(0)
@@ -154,6 +150,19 @@ def test_score_artifact_publish_verify_rows_and_worker_count(tmp_path, fashion, 
     root = tmp_path / "ckpt"
     small = test.subset(30, seed=3)
     zoo.publish(tmp_path / "run", "tiny-diffusion", root=root, test=small)
+    return root, small
+
+
+def test_score_artifact_publish_verify_rows_and_worker_count(tmp_path, fashion, monkeypatch):
+    """zoo evaluate --what score on a tiny published diffusion model: chunks computed in one thread each, so
+    two worker processes write the same scores as one; verify recomputes an image and catches tampering;
+    the reading gets a table_models row and a name in get_model."""
+    import json
+
+    from gclib import evals, zoo
+    from gclib.errors import ConfigError
+
+    root, small = _publish_tiny_diffusion(tmp_path, fashion)
     monkeypatch.setattr(zoo, "SCORE_BATCH", 2)
     monkeypatch.setattr(zoo, "SCORE_READINGS", {"tiny-score": "tiny-diffusion"})
     shipped = zoo.get_model("tiny-diffusion", root=root)
@@ -236,18 +245,10 @@ def test_diffusion_ood_artifact_resumes_is_worker_independent_and_verified(tmp_p
     import json
 
     from gclib import evals, zoo
-    from gclib.diffusion import DiffusionClassifier, fit
     from gclib.errors import ConfigError
     from gclib.score import mixture_bits_per_dim
 
-    train, _, test = fashion
-    torch.manual_seed(0)
-    model = DiffusionClassifier(TinyUNet(1, 10, width=8, emb=8), 10, (1, 28, 28), n_pairs=4,
-                                stages=((2, 3), (4, 1)), elbo_pairs=4)
-    fit(model, train.subset(64, 0), None, epochs=1, batch_size=32, out=tmp_path / "run", progress=False)
-    root = tmp_path / "ckpt"
-    small = test.subset(30, seed=3)
-    zoo.publish(tmp_path / "run", "tiny-diffusion", root=root, test=small)
+    root, small = _publish_tiny_diffusion(tmp_path, fashion)
     for name, value in (("SCORE_BATCH", 2), ("SCORE_N", 3), ("OOD_ELBO_PAIRS", 3)):
         monkeypatch.setattr(zoo, name, value)
     shipped = zoo.get_model("tiny-diffusion", root=root)
