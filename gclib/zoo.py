@@ -728,7 +728,7 @@ def _verify_diffusion_ood(model, name: str, dataset: str, root, test, g: torch.G
     """Check a shipped ``diffusion-ood`` artifact: its test images are the seeded subset, it was computed with
     today's settings, the manifest's mean bits/dim follow from its tensors, and one random test image's ELBOs
     and one random OoD image's every part recomputed alone match (ELBOs and class scores to float32 rounding,
-    rtol 1e-4; the ODE likelihoods to 1e-3 nats as in :func:`_verify_score`)."""
+    rtol 1e-4; the ODE likelihoods to rtol 1e-3)."""
     from . import evals
     from .score import mixture_bits_per_dim
 
@@ -757,7 +757,9 @@ def _verify_diffusion_ood(model, name: str, dataset: str, root, test, g: torch.G
     j = int(torch.randint(info["n_per_set"], (1,), generator=g))
     x = ood_sets(info["n_per_set"], model.input_shape)[s][j:j + 1]
     got = ood_images(model, x, "all", info["elbo_pairs"])
-    for k, rtol, atol in (("elbo", 1e-4, 1e-3), ("scores", 1e-4, 1e-3), ("ode", 1e-5, 1e-3)):
+    # The ODE's 2,400 passes round differently in a chunk of SCORE_BATCH images than alone: measured up to
+    # 1.5e-4 relative on a constant image of a barely trained tiny model (4.5e-7 on the shipped network).
+    for k, rtol, atol in (("elbo", 1e-4, 1e-3), ("scores", 1e-4, 1e-3), ("ode", 1e-3, 1e-3)):
         shipped = t[f"{s}.{k}"][j:j + 1]
         if not torch.allclose(got[k], shipped, rtol=rtol, atol=atol):
             problems.append(f"diffusion-ood: {k} of {s} image {j} differ by up to "
