@@ -8,6 +8,9 @@ the runs in order: which notebook, the name of its executed copy and its paramet
     python -m gclib.book build                   # jupyter-book build . (warnings are errors) -> _build/html
     python -m gclib.book all --params smoke --root /tmp/book --figures /tmp/book/figures
 
+Notebooks run two at a time on a machine with two or more cores (``--jobs``; each kernel gets its share of
+the cores as threads), longest first by the last run's ``timings-<params>.json``: the book's notebooks do not
+read each other's outputs. ``--jobs 1`` runs them one after the other, in the parameter set's order.
 A notebook that fails stops the pipeline with a :class:`~gclib.errors.BookError` that names the notebook,
 the run and the failing cell; its executed copy (with the traceback) stays in the executed folder.
 The cells tagged ``parameters`` and papermill's ``injected-parameters`` are collapsed in the book.
@@ -26,7 +29,7 @@ from pathlib import Path
 
 from .errors import BookError
 
-__all__ = ["REPO", "parameter_sets", "runs", "run_notebooks", "build", "copy_sources", "main"]
+__all__ = ["REPO", "parameter_sets", "runs", "run_notebooks", "default_jobs", "build", "copy_sources", "main"]
 
 REPO = Path(__file__).resolve().parent.parent
 PARAMS_FILE = REPO / "notebooks" / "params.yml"
@@ -41,6 +44,8 @@ MEASURED_FIGURES = ("table_throughput.json", "table_throughput.csv", "table_thro
 HIDDEN_TAGS = {"parameters", "injected-parameters"}
 # Seconds a notebook's kernel may take to start (papermill's default, 60, is too little beside a CPU-heavy job).
 KERNEL_START_TIMEOUT_S = 600
+# What a kernel's CPU threads are set through when notebooks run in parallel (torch reads OMP_NUM_THREADS).
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def parameter_sets(path: str | os.PathLike = PARAMS_FILE) -> dict[str, list[dict]]:
@@ -115,11 +120,40 @@ def _hide_parameter_cells(path: Path) -> None:
     nbformat.write(nb, path)
 
 
+def default_jobs() -> int:
+    """Notebooks run at once by default: 2 where the machine has 2 or more cores, else 1."""
+    return 2 if (os.cpu_count() or 1) >= 2 else 1
+
+
+def _execute(source: str, output: str, parameters: dict, threads: int | None) -> dict:
+    """Execute one notebook with papermill (in a worker process when runs go in parallel).
+
+    ``threads``: the kernel's CPU threads (OMP/MKL), set through the environment the kernel inherits; None
+    leaves the environment as it is. Returns ``{"seconds": s}`` or ``{"error": (exec_count, cell_index, ename,
+    evalue)}`` (papermill's exception does not survive pickling between processes).
+    """
+    import papermill
+
+    os.environ["TQDM_DISABLE"] = "1"  # the kernels inherit it: no progress bars in the book's outputs
+    if threads is not None:
+        for var in THREAD_VARS:
+            os.environ[var] = str(threads)
+    start = time.perf_counter()
+    try:
+        papermill.execute_notebook(source, output, parameters=parameters, kernel_name="python3", cwd=str(REPO),
+                                   progress_bar=False, log_output=False, start_timeout=KERNEL_START_TIMEOUT_S)
+    except papermill.PapermillExecutionError as err:
+        return {"error": (err.exec_count, err.cell_index, err.ename, err.evalue)}
+    return {"seconds": time.perf_counter() - start}
+
+
 def run_notebooks(params: str = "paper", executed: str | os.PathLike | None = None,
                   figures: str | os.PathLike | None = None, work: str | os.PathLike | None = None,
                   only: list[str] | None = None, log=print,
-                  params_file: str | os.PathLike = PARAMS_FILE, overrides: dict | None = None) -> list[dict]:
-    """Execute the runs of parameter set ``params``; return one ``{name, notebook, seconds}`` per run.
+                  params_file: str | os.PathLike = PARAMS_FILE, overrides: dict | None = None,
+                  jobs: int | None = None) -> list[dict]:
+    """Execute the runs of parameter set ``params``; return one ``{name, notebook, seconds, jobs}`` per run, in
+    the parameter set's order (``jobs``: how many notebooks ran at once, which the seconds depend on).
 
     Args:
         params: the parameter set's name in ``notebooks/params.yml``.
@@ -133,73 +167,131 @@ def run_notebooks(params: str = "paper", executed: str | os.PathLike | None = No
         params_file: the YAML file that defines the parameter sets.
         overrides: parameters that replace the parameter set's in every selected run, as ``-p beta 16``
             on the command line; a string value is read as the type of the parameter's default.
+        jobs: notebooks executed at once (default :func:`default_jobs`). With more than one, each kernel
+            gets ``cpu_count // jobs`` threads and the longest runs (by the last ``timings-<params>.json``)
+            start first; the runs must not read each other's outputs (none of the book's do). A failure
+            lets the running notebooks finish and starts no other. ``jobs=1`` runs them in order in the
+            threads the environment gives.
 
     Raises:
         BookError: a notebook failed; the message names it, its run and the failing cell.
     """
     import jupytext
     import nbformat
-    import papermill
 
+    jobs = default_jobs() if jobs is None else jobs
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise BookError(f"jobs must be an integer >= 1, got {jobs!r}")
     executed = Path(executed or REPO / EXECUTED)
     figures = Path(figures or REPO / "figures")
     work = Path(work or REPO / "runs" / f"book-{params}")
     executed.mkdir(parents=True, exist_ok=True)
     selected = runs(params, only, params_file)
-    env_before = os.environ.get("TQDM_DISABLE")
-    os.environ["TQDM_DISABLE"] = "1"  # the kernels inherit it: no progress bars in the book's outputs
-    timings = []
-    try:
-        for i, run in enumerate(selected, 1):
-            source_py = REPO / "notebooks" / f"{run['notebook']}.py"
-            nb = jupytext.read(source_py)
-            declared = _declared_parameters(nb)
-            parameters = {**run["parameters"],
-                          **{k: _typed(v, declared.get(k)) for k, v in (overrides or {}).items()}}
-            if "figures" in declared:
-                parameters.setdefault("figures", str(figures))
-            if "out" in declared:
-                parameters.setdefault("out", str(work / "runs"))
-            unknown = set(parameters) - set(declared)
-            if unknown:
-                raise BookError(f"parameter set {params!r}, run {run['name']!r}: notebooks/{run['notebook']}.py "
-                                f"has no parameter {', '.join(sorted(unknown))} (it declares "
-                                f"{', '.join(sorted(declared))})")
-            source = executed / f"{run['notebook']}.source.ipynb"
-            output = executed / f"{run['name']}.ipynb"
-            nbformat.write(nb, source)
-            shown = " ".join(f"{k}={v}" for k, v in {**run["parameters"], **(overrides or {})}.items())
-            log(f"[{i}/{len(selected)}] notebooks/{run['notebook']}.py -> {output}  {shown}".rstrip())
-            start = time.perf_counter()
+    prepared = []  # (run, source, output, parameters), every notebook checked before any runs
+    for run in selected:
+        source_py = REPO / "notebooks" / f"{run['notebook']}.py"
+        nb = jupytext.read(source_py)
+        declared = _declared_parameters(nb)
+        parameters = {**run["parameters"],
+                      **{k: _typed(v, declared.get(k)) for k, v in (overrides or {}).items()}}
+        if "figures" in declared:
+            parameters.setdefault("figures", str(figures))
+        if "out" in declared:
+            parameters.setdefault("out", str(work / "runs"))
+        unknown = set(parameters) - set(declared)
+        if unknown:
+            raise BookError(f"parameter set {params!r}, run {run['name']!r}: notebooks/{run['notebook']}.py "
+                            f"has no parameter {', '.join(sorted(unknown))} (it declares "
+                            f"{', '.join(sorted(declared))})")
+        source = executed / f"{run['notebook']}.source.ipynb"
+        nbformat.write(nb, source)
+        prepared.append((run, source, executed / f"{run['name']}.ipynb", parameters))
+    timings_path = executed / f"timings-{params}.json"
+    last = _read_timings(timings_path)
+    jobs = min(jobs, len(prepared)) or 1
+    threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
+    if jobs > 1:  # longest first (longest-processing-time scheduling), unknown ones first of all
+        order = sorted(range(len(prepared)), key=lambda i: -last.get(prepared[i][0]["name"], {}).get("seconds", 1e9))
+        log(f"{len(prepared)} runs, {jobs} at a time, {threads} thread(s) each")
+    else:
+        order = list(range(len(prepared)))
+    done: dict[int, dict] = {}
+    failure = None
+    wall = time.perf_counter()
+
+    def finish(i: int, result: dict, k: int) -> None:
+        nonlocal failure
+        run, _, output, parameters = prepared[i]
+        shown = " ".join(f"{key}={v}" for key, v in {**run["parameters"], **(overrides or {})}.items())
+        if "error" in result:
+            exec_count, cell_index, ename, evalue = result["error"]
+            failure = failure or BookError(
+                f"notebook notebooks/{run['notebook']}.py (run {run['name']!r}, parameter set {params!r}) "
+                f"failed in cell {exec_count} (cell index {cell_index}): {ename}: {evalue}\n"
+                f"The executed notebook with the full traceback: {output}")
+            log(f"[{k}/{len(prepared)}] notebooks/{run['notebook']}.py -> {output}  {shown}: FAILED".rstrip())
+            return
+        _hide_parameter_cells(output)
+        done[i] = {"name": run["name"], "notebook": run["notebook"], "seconds": round(result["seconds"], 1),
+                   "jobs": jobs}
+        log(f"[{k}/{len(prepared)}] notebooks/{run['notebook']}.py -> {output}  {shown}".rstrip()
+            + f"  {result['seconds']:.1f} s")
+
+    if jobs == 1:
+        for k, i in enumerate(order, 1):
+            run, source, output, parameters = prepared[i]
+            log(f"[{k}/{len(prepared)}] notebooks/{run['notebook']}.py ...")
+            env_before = os.environ.get("TQDM_DISABLE")
             try:
-                papermill.execute_notebook(str(source), str(output), parameters=parameters, kernel_name="python3",
-                                           cwd=str(REPO), progress_bar=False, log_output=False,
-                                           start_timeout=KERNEL_START_TIMEOUT_S)
-            except papermill.PapermillExecutionError as err:
-                raise BookError(
-                    f"notebook notebooks/{run['notebook']}.py (run {run['name']!r}, parameter set {params!r}) "
-                    f"failed in cell {err.exec_count} (cell index {err.cell_index}): {err.ename}: {err.evalue}\n"
-                    f"The executed notebook with the full traceback: {output}") from None
-            seconds = time.perf_counter() - start
-            _hide_parameter_cells(output)
-            timings.append({"name": run["name"], "notebook": run["notebook"], "seconds": round(seconds, 1)})
-            log(f"      {seconds:.1f} s")
-    finally:
-        if env_before is None:
-            os.environ.pop("TQDM_DISABLE", None)
-        else:
-            os.environ["TQDM_DISABLE"] = env_before
-    path = executed / f"timings-{params}.json"
+                finish(i, _execute(str(source), str(output), parameters, None), k)
+            finally:
+                if env_before is None:
+                    os.environ.pop("TQDM_DISABLE", None)
+                else:
+                    os.environ["TQDM_DISABLE"] = env_before
+            if failure:
+                break
+    else:
+        import multiprocessing
+        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+        # Spawned workers (not forked from a process that may hold threads); each runs one kernel at a time.
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            pending = list(order)
+            running = {}
+            k = 0
+            while pending or running:
+                while pending and len(running) < jobs and failure is None:
+                    i = pending.pop(0)
+                    _, source, output, parameters = prepared[i]
+                    running[pool.submit(_execute, str(source), str(output), parameters, threads)] = i
+                if not running:
+                    break
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    k += 1
+                    finish(running.pop(future), future.result(), k)
+    if failure is not None:
+        raise failure
+    timings = [done[i] for i in range(len(prepared))]
     kept = []
-    if only and path.is_file():  # a partial run keeps the other notebooks' last timings
-        try:
-            done = {t["name"] for t in timings}
-            kept = [t for t in json.loads(path.read_text()) if isinstance(t, dict) and t.get("name") not in done]
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            kept = []
-    path.write_text(json.dumps(kept + timings, indent=1) + "\n")
-    log(f"{len(timings)} notebooks in {sum(t['seconds'] for t in timings):.0f} s (parameter set {params!r})")
+    if only:  # a partial run keeps the other notebooks' last timings
+        names = {t["name"] for t in timings}
+        kept = [t for name, t in last.items() if name not in names]
+    timings_path.write_text(json.dumps(kept + timings, indent=1) + "\n")
+    log(f"{len(timings)} notebooks in {time.perf_counter() - wall:.0f} s wall ({sum(t['seconds'] for t in timings):.0f} s "
+        f"of notebook time, {jobs} at a time; parameter set {params!r})")
     return timings
+
+
+def _read_timings(path: Path) -> dict[str, dict]:
+    """``{run name: entry}`` of an earlier ``timings-<params>.json`` (empty when absent or unreadable)."""
+    try:
+        entries = json.loads(path.read_text())
+        return {t["name"]: t for t in entries if isinstance(t, dict) and isinstance(t.get("name"), str)
+                and isinstance(t.get("seconds"), (int, float))}
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return {}
 
 
 def copy_sources(root: str | os.PathLike) -> Path:
@@ -265,6 +357,8 @@ def main(argv: list[str] | None = None) -> int:
                    "'all', the book sources are copied there and the notebooks executed into ROOT/book/executed")
     p.add_argument("--figures", help="output folder for figures and tables (default: figures/)")
     p.add_argument("--work", help="folder for training runs made by notebooks (default: runs/book-PARAMS)")
+    p.add_argument("--jobs", type=int, help="notebooks executed at once, each with cores/JOBS threads (default: "
+                   f"{default_jobs()} on this machine; 1 runs them in order)")
     args = p.parse_args(argv)
     try:
         if args.command == "list":
@@ -278,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("run", "all"):
             figures = args.figures or ((root / "figures") if root else None)
             run_notebooks(args.params, executed=(root / EXECUTED) if root else None, figures=figures,
-                          work=args.work, only=args.only, overrides=overrides)
+                          work=args.work, only=args.only, overrides=overrides, jobs=args.jobs)
         if args.command in ("build", "all"):
             build(root)
     except BookError as err:

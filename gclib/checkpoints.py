@@ -162,8 +162,9 @@ def _unwrap(model):
 def save(model, path: str | os.PathLike, *, env: dict | None = None, **info) -> Path:
     """Write ``PATH.safetensors`` and ``PATH.json`` for a GC, feed-forward or diffusion model; returns the JSON path.
 
-    The weights are stored in the model's dtype (``model.half()`` first for fp16 storage; ``load``
-    casts them back to float32). Extra keyword arguments (beta, seed, epochs, metrics, ...) go into the
+    The weights are stored in their dtypes (``gclib.zoo.storage_copy(model, "float16")`` first for fp16
+    storage of the trainable weights; ``load`` casts them back to float32); the manifest's ``dtype`` is the
+    trainable weights'. Extra keyword arguments (beta, seed, epochs, metrics, ...) go into the
     manifest under ``info``; ``env`` replaces the recorded environment (library versions, git commit),
     e.g. to keep the one of the training run when a model is re-saved.
     """
@@ -188,7 +189,7 @@ def save(model, path: str | os.PathLike, *, env: dict | None = None, **info) -> 
             "elbo_bank_sha256": _bank_sha256(spec),
             "weights": weights.name,
             "sha256": sha256(weights),
-            "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+            "dtype": _storage_dtype(model),
             "environment": env or environment(),
             "info": info,
         }
@@ -206,7 +207,7 @@ def save(model, path: str | os.PathLike, *, env: dict | None = None, **info) -> 
         "config": config.to_dict(),
         "weights": weights.name,
         "sha256": sha256(weights),
-        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+        "dtype": _storage_dtype(model),
         "environment": env or environment(),
         "info": info,
     }
@@ -215,6 +216,14 @@ def save(model, path: str | os.PathLike, *, env: dict | None = None, **info) -> 
     json_path = path.with_name(path.name + ".json")
     atomic_write_text(json_path, json.dumps(manifest, indent=2, default=_jsonable))
     return json_path
+
+
+def _storage_dtype(model) -> str:
+    """The dtype the model's trainable weights are stored in (frozen tensors may stay float32, see
+    ``gclib.zoo.storage_copy``)."""
+    params = list(model.parameters())
+    trainable = [p for p in params if p.requires_grad] or params
+    return str(trainable[0].dtype).replace("torch.", "")
 
 
 def _jsonable(value):

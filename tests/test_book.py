@@ -73,11 +73,32 @@ def test_a_failing_notebook_stops_the_pipeline_with_its_name_and_cell(tmp_path):
     params.write_text("x:\n  - {notebook: gc_vs_dc, name: bad, parameters: {beta: '3', n_test: 10}}\n"
                       "  - {notebook: models, name: never_run}\n")
     with pytest.raises(BookError) as err:
-        book.run_notebooks("x", executed=tmp_path, figures=tmp_path / "fig", params_file=params, log=lambda *a: None)
+        book.run_notebooks("x", executed=tmp_path, figures=tmp_path / "fig", params_file=params, log=lambda *a: None,
+                           jobs=1)
     message = str(err.value)
     assert "notebooks/gc_vs_dc.py" in message and "run 'bad'" in message and re.search(r"failed in cell \d+", message)
     assert "beta" in message  # the notebook's own error: no shipped beta=3
     assert (tmp_path / "bad.ipynb").is_file() and not (tmp_path / "never_run.ipynb").exists()
+    assert not (tmp_path / "timings-x.json").exists()
+
+
+def test_parallel_runs_report_a_failure_the_same_way_and_finish_the_others(tmp_path):
+    params = tmp_path / "params.yml"
+    params.write_text("x:\n  - {notebook: gc_vs_dc, name: bad, parameters: {beta: '3', n_test: 10}}\n"
+                      "  - {notebook: architectures, name: good}\n")
+    lines = []
+    with pytest.raises(BookError) as err:
+        book.run_notebooks("x", executed=tmp_path, figures=tmp_path / "fig", params_file=params, log=lines.append,
+                           jobs=2)
+    message = str(err.value)
+    assert "run 'bad'" in message and re.search(r"failed in cell \d+", message) and "beta" in message
+    assert "2 runs, 2 at a time" in lines[0]
+    nb = nbformat.read(tmp_path / "good.ipynb", as_version=4)  # the other run finished, its outputs in place
+    assert all(c.get("outputs") is not None for c in nb.cells if c.cell_type == "code")
+    assert (tmp_path / "fig" / "table_architectures.md").is_file()
+    for bad_jobs in (0, 1.5, True):
+        with pytest.raises(BookError, match="jobs must be an integer >= 1"):
+            book.run_notebooks("x", executed=tmp_path, params_file=params, log=lambda *a: None, jobs=bad_jobs)
 
 
 def test_smoke_run_writes_every_built_figure_and_table(smoke_book):
@@ -89,6 +110,7 @@ def test_smoke_run_writes_every_built_figure_and_table(smoke_book):
         expected = {fig_id + suffix for suffix in suffixes}
         assert expected <= files, (fig_id, files)
     assert json.loads((root / book.EXECUTED / "timings-smoke.json").read_text()) == timings
+    assert all(t["jobs"] == min(book.default_jobs(), len(timings)) for t in timings)
 
 
 def test_parameter_cells_are_hidden_in_the_book(smoke_book):

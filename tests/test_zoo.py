@@ -1,5 +1,6 @@
 """The shipped model zoo: every model loads, matches its sha256 and reproduces its manifest's figures."""
 
+import dataclasses
 import json
 import math
 import shutil
@@ -203,7 +204,39 @@ def test_publish_then_verify_roundtrip(tmp_path, fashion, monkeypatch):
         result = zoo.verify(name, DATASET, root=tmp_path / "ckpt", test=test, subset=True)
         assert result["measured"]["n"] == 100 and zoo._mismatches(result) == [], result
     assert zoo.available(DATASET, tmp_path / "ckpt") == ["gc-beta-8", "tiny-dc"]
+    with pytest.raises(ConfigError, match="dtype must be float32, float16 or bfloat16"):
+        zoo.publish(tmp_path / "runs" / "gc-beta-8", "x", DATASET, root=tmp_path / "ckpt", dtype="int8", test=test)
     assert gclib.pretrained(DATASET, 8, root=tmp_path / "ckpt", device="cpu").manifest["dtype"] == "float32"
+
+
+def test_float16_storage_rounds_the_trainable_weights_and_keeps_the_flow_invertible(tmp_path):
+    """Soft permutations store a frozen orthogonal matrix and its transpose: rounded separately they would no
+    longer invert each other, so storage_copy rounds only the trainable weights; the loaded model is float32."""
+    from safetensors import safe_open
+
+    cfg = gclib.configs.get_config(DATASET).model
+    torch.manual_seed(0)
+    model = gclib.GenerativeClassifier(dataclasses.replace(cfg, stage_blocks=(2, 2), stage_widths=(8, 8),
+                                                           permutation="soft", fc_blocks=0))
+    stored = zoo.storage_copy(model, "float16")
+    assert next(model.parameters()).dtype == torch.float32  # the original is untouched
+    frozen = [n for n, p in stored.named_parameters() if not p.requires_grad]
+    assert any("w_perm_inv" in n for n in frozen)
+    assert all(p.dtype == (torch.float16 if p.requires_grad else torch.float32) for p in stored.parameters())
+    path = checkpoints.save(stored, tmp_path / "m")
+    assert json.loads(path.read_text())["dtype"] == "float16"
+    with safe_open(str(tmp_path / "m.safetensors"), "pt") as f:
+        assert {f.get_tensor(n).dtype for n in frozen} == {torch.float32}
+    loaded = gclib.load(tmp_path / "m", device="cpu")
+    assert {p.dtype for p in loaded.parameters()} == {torch.float32}
+    x = torch.rand(4, 1, 28, 28)
+    with torch.no_grad():
+        assert (loaded.inverse(loaded.encode(x)) - x).abs().max() < 1e-4
+        rounded = dict(stored.named_parameters())
+        for n, p in loaded.named_parameters():  # exactly the stored (rounded) values, back in float32
+            assert torch.equal(p, rounded[n].float()), n
+    with pytest.raises(ConfigError, match="dtype must be"):
+        zoo.storage_copy(model, "float64")
 
 
 def test_table_and_figure_from_the_manifests(tmp_path):
