@@ -221,7 +221,7 @@ def run_notebooks(params: str = "paper", executed: str | os.PathLike | None = No
 
     def finish(i: int, result: dict, k: int) -> None:
         nonlocal failure
-        run, _, output, parameters = prepared[i]
+        run, _, output, _ = prepared[i]
         shown = " ".join(f"{key}={v}" for key, v in {**run["parameters"], **(overrides or {})}.items())
         if "error" in result:
             exec_count, cell_index, ename, evalue = result["error"]
@@ -270,7 +270,13 @@ def run_notebooks(params: str = "paper", executed: str | os.PathLike | None = No
                 finished, _ = wait(running, return_when=FIRST_COMPLETED)
                 for future in finished:
                     k += 1
-                    finish(running.pop(future), future.result(), k)
+                    i = running.pop(future)
+                    try:
+                        result = future.result()
+                    except Exception as err:  # the worker itself died (killed, out of memory, ...)
+                        result = {"error": ("?", "?", type(err).__name__, f"{err} (the worker process running "
+                                            "it failed; rerun with --jobs 1 to see more)")}
+                    finish(i, result, k)
     if failure is not None:
         raise failure
     timings = [done[i] for i in range(len(prepared))]

@@ -29,7 +29,7 @@ from torch import Tensor
 from .errors import InputError, check_batch
 
 __all__ = ["CORRUPTIONS", "SEVERITIES", "MAX_SEVERITY", "CORRUPTION_HEADERS", "corrupt", "error_consistency",
-           "error_consistency_se", "accuracy_se", "corruption_row", "plot_corruptions"]
+           "error_consistency_se", "accuracy_se", "corruption_row", "shipped_corruption_rows", "plot_corruptions"]
 
 MAX_SEVERITY = 5
 
@@ -366,6 +366,55 @@ def corruption_row(model: str, clean, corrupted: dict, reference_clean=None, ref
 
 
 # -- figure --------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def shipped_corruption_rows(shipped: dict, live: dict, test, n_bootstrap: int = 200, batch: int = 500
+                            ) -> tuple[list[dict], int, list[tuple[str, int]]]:
+    """``table_corruptions``'s rows for models whose logits on the corrupted images ship as ``corrupt``
+    evaluation artifacts, beside models that classify the same corrupted images now.
+
+    Args:
+        shipped: ``{name: (tensors, manifest)}`` as :func:`gclib.evals.load` returns the artifacts; all must
+            cover the same test images and versions (corruption, severity).
+        live: ``{name: model}``: classified here, in batches of ``batch``, on the versions rebuilt from the
+            seeded corruptions (``gclib.zoo._version_images``, the images the artifacts were computed on).
+        test: the test set the artifacts index.
+        n_bootstrap: for the kappa standard errors.
+
+    The reference DC (paired difference and kappa) is the first model whose name starts with ``resnet``.
+    Returns ``(rows, images, versions)``.
+    """
+    from .zoo import _version_images
+
+    if not shipped:
+        raise ValueError("shipped_corruption_rows needs at least one shipped corruption artifact")
+    right, index, y, versions = {}, None, None, None
+    for name, (tensors, manifest) in shipped.items():
+        v = [(s.split(":")[0], int(s.split(":")[1])) for s in manifest["info"]["versions"]]
+        if index is None:
+            index, y, versions = tensors["indices"], tensors["labels"], v
+        if not torch.equal(tensors["indices"], index) or v != versions:
+            raise ValueError(f"{name}'s corruption artifact covers other images or versions than "
+                             f"{next(iter(shipped))}'s; they cannot share a table")
+        right[name] = tensors["logits"].argmax(2) == y  # [versions, N]
+    n = len(index)
+    if live:
+        x = test.batch(index)[0]
+        x_versions = torch.cat([_version_images(x, v) for v in versions])
+        for name, model in live.items():
+            model.eval()
+            pred = torch.cat([model(x_versions[s:s + batch]).argmax(1) for s in range(0, len(x_versions), batch)])
+            right[name] = pred.view(len(versions), n) == y
+
+    def split(r):
+        return r[0].numpy(), {c: r[i:i + 1].numpy() for i, (c, _) in enumerate(versions) if c != "clean"}
+
+    dc = next((name for name in right if name.startswith("resnet")), None)
+    ref = split(right[dc]) if dc else (None, None)
+    rows = [corruption_row(name, *split(r), *(ref if name != dc else (None, None)), n_bootstrap=n_bootstrap)
+            for name, r in right.items()]
+    return rows, n, versions
+
+
 def plot_corruptions(curves: dict[str, dict[str, list[float]]], examples: dict[str, list[Tensor]], rows: list[dict],
                      colors: dict[str, str] | None = None, severities_shown: tuple[int, ...] = (1, 3, 5),
                      ncols: int = 4):

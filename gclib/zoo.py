@@ -29,7 +29,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -60,6 +60,7 @@ __all__ = [
     "reconstruction_error",
     "reconstruction_errors",
     "reevaluate",
+    "convert",
     "storage_copy",
     "SCORE_READING",
     "evaluate_score",
@@ -80,6 +81,19 @@ LARGE_BETAS: tuple[str, ...] = ("0", "1")  # the large config's models trained f
 # lineage (info.init_from). The paper's ImageNet betas 1, 8 and 32 correspond to 192, 1536 and 6144 here.
 FINETUNED_BETAS: tuple[str, ...] = ("4", "8", "32", "192", "1536", "6144", "inf")
 FINETUNE_FROM = "gc-large-beta-1"
+# Trained longer than the rest (issue 14's targets are on these two): beta = 0 in two stages, 10 epochs from
+# scratch, then 6 more from that model (it is the sweep's only model trained from scratch at its beta besides
+# gc-large-beta-1); beta = inf 8 epochs from gc-large-beta-1 instead of 2, shipped as a twin
+# (gc-large-beta-inf-long), so that the sweep's fine-tunes still compare at 2 epochs each.
+CONTINUED_BETAS: tuple[str, ...] = ("0",)
+LARGE_EPOCHS = {"0": 6}
+LARGE_ARGS = {"0": ("--input-noise", "0", "--lr", "1e-3")}
+# Stored with float16 trainable weights (storage_copy: half the file, float32 invertibility kept), to fit the
+# checkpoint budget: all but gc-large-beta-8 (its shipped attack artifacts name its float32 weights). Those
+# shipped in float32 before were converted (`python -m gclib.zoo convert`; info.converted_from keeps the
+# float32 file's sha256 and figures): the fine-tunes started from gc-large-beta-1's float32 weights, as their
+# manifests' info.init_from records; a retrain from scratch starts them from its float16-stored weights.
+LARGE_DTYPE = {b: "float16" for b in ("0", "1", "4", "32", "192", "1536", "6144", "inf")}
 # The paper's ImageNet numbers (Mackowiak et al. 2021, Table 1): top-1 accuracy (%) per beta, and the
 # ResNet-50 baseline. beta=0 is not reported there.
 PAPER_IMAGENET_TOP1 = {"1": 67.30, "2": 71.73, "4": 73.69, "8": 74.59, "16": 75.54, "32": 76.18, "inf": 76.27,
@@ -120,9 +134,27 @@ class ZooEntry:
     # randomized smoothing's base models only: the sigma publish certifies them at (their training noise)
     certify_sigma: float | None = None
     certify_n: int | None = None  # images certified (default CERTIFY_N)
+    # A first stage trained into OUT/stage-1 before this one, which starts from its final model (--init-from):
+    # (epochs, extra arguments), e.g. a model trained from scratch and then continued with a fresh schedule,
+    # as the paper's ImageNet runs were resumed between learning-rate stages.
+    first_stage: tuple[int, tuple[str, ...]] | None = None
+    # A longer-trained twin of another zoo model (its name): left out of table_models and the beta sweep,
+    # which compare models trained alike; loaded by name like any other.
+    twin_of: str | None = None
+
+    def commands(self, out: str | os.PathLike) -> list[list[str]]:
+        """Arguments for ``python`` of every stage that trains this model into ``out``, in order."""
+        if self.first_stage is None:
+            return [self.command(out)]
+        epochs, extra = self.first_stage
+        first = replace(self, epochs=epochs, extra_args=extra, first_stage=None)
+        return [first.command(Path(out) / "stage-1"), self.command(out)]
 
     def command(self, out: str | os.PathLike) -> list[str]:
-        """Arguments for ``python`` that train this model into ``out``."""
+        """Arguments for ``python`` that train this model into ``out`` (its last stage: see ``commands``)."""
+        if self.first_stage is not None:
+            return replace(self, first_stage=None, extra_args=(
+                *self.extra_args, "--init-from", str(Path(out) / "stage-1" / "final"))).command(out)
         if self.model == "abs":
             return ["-m", "gclib.abs", "--dataset", self.dataset, "--seed", str(self.seed), "--epochs",
                     str(self.epochs), *self.extra_args, "--out", str(out)]
@@ -156,11 +188,18 @@ def _fashion_mnist() -> list[ZooEntry]:
     # The strong candidates (issue 14): fashion-mnist-large without its Gaussian input noise, which cost
     # 0.9 bits/dim in the recipe ablation (table_recipe_ablation). 10 epochs, one process per CPU core:
     # about 100 minutes each on the 2-core machine with a second run beside it.
-    out += [ZooEntry("fashion-mnist", f"gc-large-beta-{b}", "gc", b, 0, 10, ("--input-noise", "0"),
-                     config="fashion-mnist-large") for b in LARGE_BETAS]
-    out += [ZooEntry("fashion-mnist", f"gc-large-beta-{b}", "gc", b, 0, 2,
+    # beta = 0 (the density model) then continued 6 epochs (a fresh one-cycle schedule at 1e-3) from its 10.
+    out += [ZooEntry("fashion-mnist", f"gc-large-beta-{b}", "gc", b, 0, LARGE_EPOCHS.get(b, 10),
+                     LARGE_ARGS.get(b, ("--input-noise", "0")), config="fashion-mnist-large",
+                     dtype=LARGE_DTYPE.get(b, "float32"),
+                     first_stage=(10, ("--input-noise", "0")) if b in CONTINUED_BETAS else None)
+            for b in LARGE_BETAS]
+    out += [ZooEntry("fashion-mnist", f"gc-large-beta-{b}", "gc", b, 0, LARGE_EPOCHS.get(b, 2),
                      ("--input-noise", "0", "--lr", "1e-3", "--init-from", f"checkpoints/fashion-mnist/{FINETUNE_FROM}"),
-                     config="fashion-mnist-large") for b in FINETUNED_BETAS]
+                     config="fashion-mnist-large", dtype=LARGE_DTYPE.get(b, "float32")) for b in FINETUNED_BETAS]
+    out.append(ZooEntry("fashion-mnist", "gc-large-beta-inf-long", "gc", "inf", 0, 8,
+                        ("--input-noise", "0", "--lr", "1e-3", "--init-from", f"checkpoints/fashion-mnist/{FINETUNE_FROM}"),
+                        config="fashion-mnist-large", dtype="float16", twin_of="gc-large-beta-inf"))
     # The diffusion classifier (issue 15): a TinyUNet (width 32, 0.38 M parameters) trained from scratch
     # with DDPM's epsilon loss, no class dropout (the classifier only uses conditional scores), Adam 1e-3
     # and an EMA of the weights; 10 epochs on one CPU core. Pruning: all 10 classes on 10 pairs, the best
@@ -284,8 +323,6 @@ def train_command(dataset: str = "fashion-mnist", beta="8", model: str = "gc", s
     >>> train_command("fashion-mnist", "inf", out="runs/x")[:8]
     ['--config', 'fashion-mnist-small', '--model', 'gc', '--beta', 'inf', '--seed', '0']
     """
-    from dataclasses import replace
-
     from .configs import get_config
     from .train import beta_label, parse_beta
 
@@ -485,7 +522,6 @@ def publish(run: str | os.PathLike, name: str, dataset: str = "fashion-mnist",
     test set on CPU and records the result in the manifest, with the training record and environment.
     Returns the manifest path.
     """
-    from . import data
     from .diffusion import DiffusionClassifier
 
     from .abs import ABSClassifier
@@ -498,23 +534,31 @@ def publish(run: str | os.PathLike, name: str, dataset: str = "fashion-mnist",
         return _publish_abs(trained, run, name, dataset, root, test)
     record = trained.manifest
     dtype = dtype or (entry(dataset, name).dtype if (dataset, name) in ZOO else "float32")
-    stored = storage_copy(trained, dtype)
-    dest = Path(root or checkpoint_root()) / dataset / name
     info = dict(record["info"])
-    info.pop("test", None)  # measured again below on the stored (possibly fp16) weights
     if not isinstance(trained, GenerativeClassifier):
         info["beta"] = None  # older runs recorded the CLI default beta for a ResNet too
     info["history"] = read_history(run)
     info["parameters"] = sum(p.numel() for p in trained.parameters() if p.requires_grad)
     info["zoo_name"] = name
     if (dataset, name) in ZOO:
-        info["train_command"] = "python " + " ".join(entry(dataset, name).command("OUT"))
+        info["train_command"] = " && ".join("python " + " ".join(c) for c in entry(dataset, name).commands("OUT"))
+    return _ship(trained, info, record["environment"], name, dataset, root, dtype, test)
+
+
+def _ship(trained, info: dict, env: dict, name: str, dataset: str, root, dtype: str, test) -> Path:
+    """Store ``trained`` (trainable weights in ``dtype``) as zoo model ``name`` with manifest ``info``, evaluated
+    on the full test set and the CI subset (and certified, for a smoothing base model)."""
+    from . import data
+
+    stored = storage_copy(trained, dtype)
+    dest = Path(root or checkpoint_root()) / dataset / name
+    info = {k: v for k, v in info.items() if k not in ("test", "test_subset", "certified")}  # measured below
     # Write and evaluate in a scratch folder next to the destination, then move the weights and (last,
     # the commit point) the manifest into place: an interrupted publish leaves the old model intact.
     dest.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".publish-{name}.", dir=dest.parent))
     try:
-        checkpoints.save(stored, scratch / name, env=record["environment"], **info)
+        checkpoints.save(stored, scratch / name, env=env, **info)
         shipped = checkpoints.load(scratch / name, device="cpu")
         if test is None:
             test = data.load(dataset)[2]
@@ -529,6 +573,36 @@ def publish(run: str | os.PathLike, name: str, dataset: str = "fashion-mnist",
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return dest.with_name(f"{name}.json")
+
+
+def convert(name: str, dtype: str, dataset: str = "fashion-mnist", root: str | os.PathLike | None = None,
+            test=None) -> Path:
+    """Store shipped model ``name`` again with its trainable weights in ``dtype`` (see :func:`storage_copy`).
+
+    For the checkpoint budget without retraining: the training record is kept, the model is evaluated again
+    on the full test set and the CI subset (rounding the weights changes its figures slightly), and the
+    previous file's sha256, dtype and test figures are kept under ``info.converted_from``. Refused for a
+    model with shipped evaluation artifacts (they name its sha256) or certificates, and for the diffusion
+    and ABS families. Returns the manifest path.
+    """
+    from . import evals
+
+    path = Path(root or checkpoint_root()) / dataset / name
+    model = checkpoints.load(path, device="cpu", verify=True)
+    manifest = model.manifest
+    if manifest.get("kind") not in ("generative", "feedforward"):
+        raise ConfigError(f"{name} is a {manifest.get('kind')} model: only GCs and feed-forward models convert")
+    artifacts = sorted(p.name for p in evals.folder(dataset, root).glob(f"{name}.*.json"))
+    if artifacts or "certified" in manifest["info"]:
+        raise ConfigError(f"{name} has evaluation artifacts or certificates ({', '.join(artifacts) or 'certified'}) "
+                          "computed from its current weights; convert it and recompute them together")
+    if manifest.get("dtype") == dtype:
+        raise ConfigError(f"{name} is stored in {dtype} already")
+    info = dict(manifest["info"])
+    previous = info.get("test", {})
+    info["converted_from"] = {"sha256": manifest["sha256"], "dtype": manifest.get("dtype"),
+                              **{k: previous[k] for k in ("n", "correct", "accuracy", "bits_per_dim") if k in previous}}
+    return _ship(model, info, manifest["environment"], name, dataset, root, dtype, test)
 
 
 # -- the diffusion family ----------------------------------------------------------------------------
@@ -745,13 +819,24 @@ def _verify_score(model, name: str, dataset: str, root, test, g: torch.Generator
     return problems
 
 
+def _ood_summary(tensors: dict[str, torch.Tensor], sets: list[str], dims: int) -> dict[str, dict[str, float]]:
+    """The ``diffusion-ood`` manifest's mean bits/dim: of the test images' ELBOs, and of every OoD set's ELBOs
+    and ODE likelihoods (class mixtures, :func:`gclib.score.mixture_bits_per_dim`)."""
+    from .score import mixture_bits_per_dim
+
+    summary = {"test": {"elbo_bits_per_dim": float(mixture_bits_per_dim(tensors["elbo"], dims).mean())}}
+    for s in sets:
+        summary[s] = {"elbo_bits_per_dim": float(mixture_bits_per_dim(tensors[f"{s}.elbo"], dims).mean()),
+                      "ode_bits_per_dim": float(mixture_bits_per_dim(tensors[f"{s}.ode"], dims).mean())}
+    return summary
+
+
 def _verify_diffusion_ood(model, name: str, dataset: str, root, test, g: torch.Generator) -> list[str]:
     """Check a shipped ``diffusion-ood`` artifact: its test images are the seeded subset, it was computed with
     today's settings, the manifest's mean bits/dim follow from its tensors, and one random test image's ELBOs
     and one random OoD image's every part recomputed alone match (ELBOs and class scores to float32 rounding,
     rtol 1e-4; the ODE likelihoods to rtol 1e-3)."""
     from . import evals
-    from .score import mixture_bits_per_dim
 
     t, art = evals.load(evals.path_of(name, "diffusion-ood", dataset, root), model_sha256=model.manifest["sha256"])
     info = art["info"]
@@ -759,11 +844,7 @@ def _verify_diffusion_ood(model, name: str, dataset: str, root, test, g: torch.G
     if info.get("elbo_pairs") != OOD_ELBO_PAIRS or info.get("score_settings") != score_reading(model).settings():
         problems.append(f"diffusion-ood: computed with elbo_pairs={info.get('elbo_pairs')} and "
                         f"{info.get('score_settings')}, not today's {OOD_ELBO_PAIRS} and {SCORE_READING}")
-    d = math.prod(model.input_shape)
-    want = {"test": {"elbo_bits_per_dim": float(mixture_bits_per_dim(t["elbo"], d).mean())}}
-    for s in info["sets"]:
-        want[s] = {"elbo_bits_per_dim": float(mixture_bits_per_dim(t[f"{s}.elbo"], d).mean()),
-                   "ode_bits_per_dim": float(mixture_bits_per_dim(t[f"{s}.ode"], d).mean())}
+    want = _ood_summary(t, info["sets"], math.prod(model.input_shape))
     got_summary = info.get("mean_bits_per_dim", {})
     if set(got_summary) != set(want) or any(not math.isclose(got_summary[k][m], v, rel_tol=1e-9)
                                             for k in want for m, v in want[k].items()):
@@ -1136,17 +1217,38 @@ def score_images(model, x: torch.Tensor) -> torch.Tensor:
         torch.set_num_threads(threads)
 
 
+def _chunk_fingerprint(work, model, settings: dict | None, args: tuple) -> str:
+    """What a chunk's result depends on, hashed: the work function, the model's weights and buffers, the
+    caller's settings and the chunk's arguments (images included). A kept chunk is reused only when this
+    matches, so a ``--partial`` folder left by another model, setting or code path is never read as this one."""
+    import hashlib
+
+    h = hashlib.sha256(f"{work.__module__}.{work.__qualname__}".encode())
+    h.update(json.dumps(settings or {}, sort_keys=True, default=str).encode())
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            h.update(str((a.dtype, tuple(a.shape))).encode())
+            h.update(a.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        else:
+            h.update(repr(a).encode())
+    return h.hexdigest()[:16]
+
+
 def _map_chunks(work, model, source, chunks: list[tuple[str, tuple, torch.Tensor]], jobs: int = 1,
-                partial: str | os.PathLike | None = None, progress: bool = True, desc: str = "chunks"
-                ) -> tuple[dict[str, dict[str, torch.Tensor]], float, int]:
+                partial: str | os.PathLike | None = None, progress: bool = True, desc: str = "chunks",
+                settings: dict | None = None) -> tuple[dict[str, dict[str, torch.Tensor]], float, int]:
     """Run ``work(model, *args) -> dict of tensors`` on every chunk ``(key, args, indices)``.
 
     With ``jobs`` > 1 the chunks run in that many spawned processes, each given ``source`` (the model's
     checkpoint path) instead of the model; ``work`` must then be a module-level function that loads it and
     computes in one thread, so the result does not depend on ``jobs``. ``partial``: a folder where every
-    finished chunk is kept as ``chunk-<key>.safetensors`` (with its ``indices``) and found again when the run is
-    repeated after an interruption. Returns ``(results by key, seconds of the computed chunks x workers,
-    images computed)``.
+    finished chunk is kept as ``chunk-<key>-<fingerprint>.safetensors`` (with its ``indices``) and found again
+    when the run is repeated after an interruption; the fingerprint (:func:`_chunk_fingerprint`) covers the
+    model's weights, ``settings`` and the chunk's inputs, so a chunk computed otherwise is recomputed, not
+    reused. Returns ``(results by key, seconds of the computed chunks x workers, images computed)``.
     """
     import time
     from concurrent.futures import ProcessPoolExecutor
@@ -1161,8 +1263,10 @@ def _map_chunks(work, model, source, chunks: list[tuple[str, tuple, torch.Tensor
         from safetensors.torch import load_file
 
         folder.mkdir(parents=True, exist_ok=True)
+        files = {key: folder / f"chunk-{key}-{_chunk_fingerprint(work, model, settings, args)}.safetensors"
+                 for key, args, _ in chunks}
         for key, _, index in chunks:
-            f = folder / f"chunk-{key}.safetensors"
+            f = files[key]
             if f.is_file():
                 part = load_file(str(f))
                 if torch.equal(part.pop("indices"), index):
@@ -1174,7 +1278,7 @@ def _map_chunks(work, model, source, chunks: list[tuple[str, tuple, torch.Tensor
     def keep(key: str, index: torch.Tensor, result: dict[str, torch.Tensor]) -> None:
         done[key] = result
         if folder is not None:
-            checkpoints._atomic_save_tensors({"indices": index, **result}, folder / f"chunk-{key}.safetensors")
+            checkpoints._atomic_save_tensors({"indices": index, **result}, files[key])
 
     bar = tqdm(total=sum(len(c[2]) for c in todo), desc=desc, unit="image", disable=not progress)
     start = time.perf_counter()
@@ -1266,22 +1370,17 @@ def evaluate_diffusion_ood(model, test, n: int | None = None, jobs: int = 1, sou
                 torch.arange(s, min(s + SCORE_BATCH, n)))
                for name, xs in sets.items() for s in range(0, n, SCORE_BATCH)]
     done, seconds, computed = _map_chunks(ood_images, model, source, chunks, jobs, partial, progress,
-                                          "diffusion OoD")
+                                          "diffusion OoD", settings=score_reading(model).settings())
 
     def gather(prefix: str, total: int) -> dict[str, torch.Tensor]:
         parts = [done[f"{prefix}-{s:06d}"] for s in range(0, total, SCORE_BATCH)]
         return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
-    from .score import mixture_bits_per_dim
-
-    d = math.prod(model.input_shape)
     tensors = {"indices": index, "labels": y, **gather("test", n_test)}
-    summary = {"test": {"elbo_bits_per_dim": float(mixture_bits_per_dim(tensors["elbo"], d).mean())}}
     for name in sets:
         for k, v in gather(name, n).items():
             tensors[f"{name}.{k}"] = v
-        summary[name] = {"elbo_bits_per_dim": float(mixture_bits_per_dim(tensors[f"{name}.elbo"], d).mean()),
-                         "ode_bits_per_dim": float(mixture_bits_per_dim(tensors[f"{name}.ode"], d).mean())}
+    summary = _ood_summary(tensors, list(sets), math.prod(model.input_shape))
     record = {"n": n_test, "n_per_set": n, "subset_seed": EVAL_SEED, "ood_seed": EVAL_SEED, "sets": list(sets),
               "dequantization": f"seeded ({EVAL_SEED})", "elbo_pairs": OOD_ELBO_PAIRS,
               "score_settings": score_reading(model).settings(), "mean_bits_per_dim": summary,
@@ -1311,7 +1410,7 @@ def evaluate_score(model, test, n: int | None = None, jobs: int = 1, source: str
     starts = list(range(0, n, SCORE_BATCH))
     chunks = [(f"{s:06d}", (x[s:s + SCORE_BATCH],), index[s:s + SCORE_BATCH]) for s in starts]
     done, seconds, computed = _map_chunks(_score_work, model, source, chunks, jobs, partial, progress,
-                                          "score-based reading")
+                                          "score-based reading", settings=score_reading(model).settings())
     scores = torch.cat([done[f"{s:06d}"]["scores"] for s in starts])  # [N, P, C]
     log_prior = -math.log(scores.shape[2])
     per_probe = torch.logsumexp(scores + log_prior, dim=2)  # [N, P]: log p(x) of each probe's estimate
@@ -1658,12 +1757,14 @@ def _mismatches(result: dict) -> list[str]:
 
 # -- the table ----------------------------------------------------------------------------------
 def model_rows(dataset: str = "fashion-mnist", root: str | os.PathLike | None = None,
-               smoothing_bases: bool = False) -> list[dict]:
+               smoothing_bases: bool = False, twins: bool = False) -> list[dict]:
     """One dict per shipped model, read from the manifests (nothing is evaluated).
 
     The noise-trained base models of randomized smoothing (``gc-sigma-*``) are left out unless
     ``smoothing_bases``: they are fine-tunes of small-zoo models for one analysis, not models of the zoo's
-    comparisons (the smoothing chapter lists them).
+    comparisons (the smoothing chapter lists them). Longer-trained twins (``ZooEntry.twin_of``, e.g.
+    ``gc-large-beta-inf-long``) are left out unless ``twins``: the table and the beta sweep compare models
+    trained alike.
     """
     rows = []
     folder = Path(root or checkpoint_root()) / dataset
@@ -1672,6 +1773,8 @@ def model_rows(dataset: str = "fashion-mnist", root: str | os.PathLike | None = 
         info = manifest["info"]
         entry_ = ZOO.get((dataset, name))
         if not smoothing_bases and ("certified" in info or (entry_ is not None and entry_.certify_sigma)):
+            continue
+        if not twins and entry_ is not None and entry_.twin_of:
             continue
         test = info.get("test")
         if not test:
@@ -1902,6 +2005,10 @@ def main(argv: list[str] | None = None) -> int:
     pb = sub.add_parser("publish", help="evaluate a finished run and ship it as checkpoints/<dataset>/<name>")
     pb.add_argument("name")
     pb.add_argument("--run", required=True, help="the training run folder")
+    cv = sub.add_parser("convert", help="store shipped models again with their trainable weights in another dtype "
+                        "(float16 halves a file; re-evaluated, the training record kept)")
+    cv.add_argument("names", nargs="+")
+    cv.add_argument("--dtype", default="float16", choices=("float32", "float16", "bfloat16"))
     r = sub.add_parser("reevaluate", help="recompute shipped models' test figures and write them into their "
                        "manifests (after a change of a metric's definition; weights untouched)")
     r.add_argument("names", nargs="*", help="default: every shipped model")
@@ -1934,13 +2041,26 @@ def main(argv: list[str] | None = None) -> int:
                 print(line)
         elif args.cmd == "train":
             e = entry(args.dataset, args.name)
-            cmd = [sys.executable, *e.command(args.out or f"runs/{args.dataset}/{e.name}")]
-            cmd += (["--resume"] if args.resume else []) + (["--device", args.device] if args.device else [])
-            print(" ".join(cmd), file=sys.stderr)
-            return subprocess.call(cmd)
+            out = Path(args.out or f"runs/{args.dataset}/{e.name}")
+            stages = e.commands(out)
+            for k, stage in enumerate(stages, 1):
+                if k < len(stages) and args.resume and (out / "stage-1" / "final.json").is_file():
+                    continue  # the first stage finished in an earlier call
+                cmd = [sys.executable, *stage]
+                cmd += (["--resume"] if args.resume else []) + (["--device", args.device] if args.device else [])
+                print(" ".join(cmd), file=sys.stderr)
+                rc = subprocess.call(cmd)
+                if rc:
+                    return rc
+            return 0
         elif args.cmd == "publish":
             path = publish(args.run, args.name, args.dataset)
             print(f"shipped {path}: {json.dumps(json.loads(path.read_text())['info']['test'])}")
+        elif args.cmd == "convert":
+            for name in args.names:
+                path = convert(name, args.dtype, args.dataset)
+                test = json.loads(path.read_text())["info"]["test"]
+                print(f"{name}: {args.dtype}, {json.dumps({k: test[k] for k in ('accuracy', 'bits_per_dim') if k in test})}")
         elif args.cmd == "reevaluate":
             for name in args.names or available(args.dataset):
                 test = reevaluate(name, args.dataset, subset_only=args.subset)

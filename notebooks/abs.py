@@ -394,29 +394,10 @@ c_problems = zoo._verify_corruptions(model, model_name, dataset, None, test, tor
     int(time.time())), zoo.ABS_RTOL)
 assert not c_problems, c_problems
 print(f"{model_name}: 3 corrupted images recomputed from the model, logits as shipped")
-versions = [(v.split(":")[0], int(v.split(":")[1])) for v in c_manifest["info"]["versions"]]
-nc = len(c_art["indices"])
-x_c, y_c = test.batch(c_art["indices"])
-x_versions = torch.cat([zoo._version_images(x_c, v) for v in versions])
-c_right = {model_name: (c_art["logits"].argmax(2) == y_c)}  # [versions, nc]
-dc_name = next((c for c in [c.strip() for c in compare.split(",")] if c.startswith("resnet")), None)
-for name in [c.strip() for c in compare.split(",") if c.strip()]:
-    other = gclib.get_model(name, dataset, device="cpu").eval()
-    with torch.no_grad():
-        pred = torch.cat([other(x_versions[s:s + 500]).argmax(1) for s in range(0, len(x_versions), 500)])
-    c_right[name] = (pred.view(len(versions), nc) == y_c)
-
-
-def split_versions(r):
-    return r[0].numpy(), {name: r[i:i + 1].numpy() for i, (name, _) in enumerate(versions) if name != "clean"}
-
-
-corr_rows = []
-ref_clean, ref_corrupted = split_versions(c_right[dc_name]) if dc_name else (None, None)
-for name, r in c_right.items():
-    clean_r, corrupted_r = split_versions(r)
-    ref = (ref_clean, ref_corrupted) if name != dc_name else (None, None)
-    corr_rows.append(robust.corruption_row(name, clean_r, corrupted_r, *ref, n_bootstrap=n_bootstrap))
+live_c = {name: gclib.get_model(name, dataset, device="cpu") for name in
+          [c.strip() for c in compare.split(",") if c.strip()]}
+corr_rows, nc, versions = robust.shipped_corruption_rows({model_name: (c_art, c_manifest)}, live_c, test,
+                                                         n_bootstrap=n_bootstrap)
 corr_table = pd.DataFrame(corr_rows).astype(object).fillna("")
 md = plotting.save_frame(corr_table, "table_abs_corruptions", figures)
 glue("table_abs_corruptions", corr_table, display=False)

@@ -558,34 +558,13 @@ for row, k in zip(bn_rows, ("elbo", "ode", "ibinn")):
 # their SEs over images, the paired difference to the ResNet DC and the error consistency (kappa) with it.
 
 # %%
-c_right, c_y = {}, None
+shipped_c = {}
 for name in [model_name, *[c.strip() for c in (corrupt_shipped or "").split(",") if c.strip()]]:
     sha = manifest["sha256"] if name == model_name else gclib.get_model(name, dataset, device="cpu").manifest["sha256"]
-    c_art, c_manifest = evals.load(evals.path_of(name, "corrupt", dataset), model_sha256=sha)
-    versions = [(v.split(":")[0], int(v.split(":")[1])) for v in c_manifest["info"]["versions"]]
-    if c_y is None:
-        c_index, c_y = c_art["indices"], c_art["labels"]
-        c_versions = versions
-    assert torch.equal(c_art["indices"], c_index) and versions == c_versions, f"{name}: other corrupted images"
-    c_right[name] = c_art["logits"].argmax(2) == c_y
-nc = len(c_index)
-x_c = test.batch(c_index)[0]
-x_versions = torch.cat([zoo_module._version_images(x_c, v) for v in c_versions])
-for name in [c.strip() for c in corrupt_live.split(",") if c.strip()]:
-    other = gclib.get_model(name, dataset, device="cpu").eval()
-    with torch.no_grad():
-        pred = torch.cat([other(x_versions[i:i + 500]).argmax(1) for i in range(0, len(x_versions), 500)])
-    c_right[name] = pred.view(len(c_versions), nc) == c_y
-
-
-def split_versions(r):
-    return r[0].numpy(), {name: r[i:i + 1].numpy() for i, (name, _) in enumerate(c_versions) if name != "clean"}
-
-
-dc_name = next((c for c in c_right if c.startswith("resnet")), None)
-ref_c = split_versions(c_right[dc_name]) if dc_name else (None, None)
-corr_rows = [robust.corruption_row(name, *split_versions(r), *(ref_c if name != dc_name else (None, None)),
-                                   n_bootstrap=n_bootstrap) for name, r in c_right.items()]
+    shipped_c[name] = evals.load(evals.path_of(name, "corrupt", dataset), model_sha256=sha)
+live_c = {name: gclib.get_model(name, dataset, device="cpu") for name in
+          [c.strip() for c in corrupt_live.split(",") if c.strip()]}
+corr_rows, nc, c_versions = robust.shipped_corruption_rows(shipped_c, live_c, test, n_bootstrap=n_bootstrap)
 corr_table = pd.DataFrame(corr_rows).astype(object).fillna("")
 md = plotting.save_frame(corr_table, "table_diffusion_corruptions", figures)
 glue("table_diffusion_corruptions", corr_table, display=False)

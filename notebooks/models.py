@@ -25,6 +25,8 @@ checkpoints = None  # None: checkpoints/ in the repository (or $GCLIB_CHECKPOINT
 n_per_class = 50  # samples per class and temperature for the sample-quality table
 
 # %%
+from pathlib import Path
+
 import pandas as pd
 from IPython.display import Markdown, display
 from myst_nb import glue
@@ -69,6 +71,34 @@ if "1" in by_beta and "inf" in by_beta:
     paper = zoo.PAPER_IMAGENET_TOP1
     glue("paper_gap_inf_1", round(paper["inf"] - paper["1"], 2), display=False)
 glue("acc_best_gc", max(r["test_accuracy_pct"] for r in by_beta.values()), display=False)
+
+# %% [markdown]
+# Longer-trained twins of zoo models (`ZooEntry.twin_of`) are not rows of the table, whose models at each
+# β were trained alike: they answer "what does more training give?" beside it.
+
+# %%
+from gclib import checkpoints as ckpt
+
+twin_lines = []
+for name in zoo.available(dataset, checkpoints):
+    e = zoo.ZOO.get((dataset, name))
+    if e is None or not e.twin_of or e.twin_of not in zoo.available(dataset, checkpoints):
+        continue
+    folder = zoo.checkpoint_root() if checkpoints is None else Path(checkpoints)
+    info = ckpt.read_manifest(folder / dataset / name)["info"]
+    base = ckpt.read_manifest(folder / dataset / e.twin_of)["info"]
+    key = name.replace("-", "_")
+    acc, n = info["test"]["accuracy"], info["test"]["n"]
+    glue(f"acc_{key}", round(100 * acc, 2), display=False)
+    glue(f"acc_se_{key}", round(100 * (acc * (1 - acc) / n) ** 0.5, 2), display=False)
+    glue(f"bpd_{key}", round(info["test"]["bits_per_dim"], 3), display=False)
+    glue(f"epochs_{key}", info["epochs"], display=False)
+    glue(f"acc_gain_{key}", round(100 * (acc - base["test"]["accuracy"]), 2), display=False)
+    twin_lines.append(f"- `{name}`: {info['epochs']} epochs where `{e.twin_of}` had {base['epochs']} (both from "
+                      f"{(info.get('init_from') or {}).get('zoo_name') or 'scratch'}): test accuracy "
+                      f"{100 * acc:.2f} % against {100 * base['test']['accuracy']:.2f} %, bits/dim "
+                      f"{info['test']['bits_per_dim']:.3f} against {base['test']['bits_per_dim']:.3f}")
+display(Markdown("\n".join(twin_lines) or "(no twins shipped)"))
 
 # %% [markdown]
 # ## Sample quality

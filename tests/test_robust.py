@@ -183,3 +183,32 @@ def test_plot_corruptions_draws_one_panel_per_corruption():
     titles = [ax.get_title() for ax in fig.get_axes()]
     assert sum(t.replace(" ", "_") in robust.CORRUPTIONS for t in titles) == len(robust.CORRUPTIONS)
     assert len(fig.get_axes()) == 4 * len(robust.CORRUPTIONS) + 3
+
+
+def test_shipped_corruption_rows_join_artifacts_and_live_models(fashion):
+    """Rows from shipped logits beside a live model that classifies the same rebuilt corrupted images; the
+    first resnet* is the reference; artifacts of other images refuse to share a table."""
+    from gclib.robust import shipped_corruption_rows
+
+    test = fashion[2]
+    index = torch.tensor([3, 1, 4, 5])
+    _, y = test.batch(index)
+    versions = [("clean", 0), ("gaussian_noise", 3), ("contrast", 3)]
+    right_logits = torch.nn.functional.one_hot(y, 10).float().expand(3, 4, 10).clone()
+    wrong = right_logits.roll(1, dims=2)
+    manifest = {"info": {"versions": [f"{c}:{s}" for c, s in versions]}}
+    shipped = {"resnet-fake": ({"indices": index, "labels": y, "logits": right_logits}, manifest),
+               "always-wrong": ({"indices": index, "labels": y, "logits": wrong}, manifest)}
+
+    class Constant(torch.nn.Module):  # predicts class 0 for every image
+        def forward(self, x):
+            return torch.nn.functional.one_hot(torch.zeros(len(x), dtype=torch.long), 10).float()
+
+    rows, n, got_versions = shipped_corruption_rows(shipped, {"zero": Constant()}, test, n_bootstrap=5)
+    assert n == 4 and got_versions == versions and [r["model"] for r in rows] == ["resnet-fake", "always-wrong", "zero"]
+    assert rows[0]["clean_pct"] == 100 and rows[1]["clean_pct"] == 0
+    assert rows[2]["clean_pct"] == pytest.approx(100 * float((y == 0).float().mean()))
+    assert rows[0]["delta_pct"] == "" and rows[1]["delta_pct"] == -100.0  # the reference has no difference to itself
+    other = {"indices": index.flip(0), "labels": y.flip(0), "logits": right_logits}
+    with pytest.raises(ValueError, match="other images or versions"):
+        shipped_corruption_rows({**shipped, "other": (other, manifest)}, {}, test)

@@ -1,6 +1,8 @@
 """The score-based classifier: the ODE likelihood is the exact density of a Gaussian, Hutchinson's trace."""
 
+import copy
 import math
+import re
 
 import pytest
 import torch
@@ -167,8 +169,13 @@ def test_score_artifact_publish_verify_rows_and_worker_count(tmp_path, fashion, 
     monkeypatch.setattr(zoo, "SCORE_READINGS", {"tiny-score": "tiny-diffusion"})
     shipped = zoo.get_model("tiny-diffusion", root=root)
     record, one = zoo.evaluate_score(shipped, small, n=3, progress=False, partial=tmp_path / "partial")
-    assert sorted(p.name for p in (tmp_path / "partial").iterdir()) == ["chunk-000000.safetensors",
-                                                                         "chunk-000002.safetensors"]
+    kept = sorted(p.name for p in (tmp_path / "partial").iterdir())
+    assert [re.fullmatch(r"chunk-(\d{6})-[0-9a-f]{16}\.safetensors", k)[1] for k in kept] == ["000000", "000002"]
+    other = copy.deepcopy(shipped)  # another model's chunks in the same folder are computed, not reused
+    with torch.no_grad():
+        next(other.parameters()).add_(0.01)
+    other_record, _ = zoo.evaluate_score(other, small, n=3, progress=False, partial=tmp_path / "partial")
+    assert other_record["seconds_per_image"] is not None and len(list((tmp_path / "partial").iterdir())) == 4
     _, two = zoo.evaluate_score(shipped, small, n=3, jobs=2, source=root / "fashion-mnist" / "tiny-diffusion",
                                 progress=False)
     assert torch.equal(one["scores"], two["scores"]) and one["scores"].shape == (3, 2, 10)

@@ -58,7 +58,30 @@ def test_manifest_records_the_training(name):
     assert info["batch_size"] == (args.batch_size or defaults.batch_size)
     assert info["optimizer"] == (args.optimizer or defaults.optimizer)
     assert manifest["dtype"] == e.dtype
+    if e.first_stage is not None:  # started from a first stage of the recorded length (the lineage)
+        assert info["init_from"]["epochs"] == e.first_stage[0] and info["init_from"]["beta"] == e.beta
     assert checkpoints.sha256(zoo.checkpoint_root() / DATASET / manifest["weights"]) == manifest["sha256"]
+
+
+def test_a_two_stage_entry_trains_its_first_stage_then_starts_from_it(tmp_path, monkeypatch):
+    e = next(e for e in zoo.entries(DATASET) if e.first_stage is not None)
+    calls = []
+    monkeypatch.setattr(zoo.subprocess, "call", lambda cmd: calls.append(cmd) or 0)
+    out = tmp_path / "run"
+    assert zoo.main(["train", e.name, "--out", str(out), "--resume"]) == 0
+    first, second = calls
+    assert first[first.index("--out") + 1] == str(out / "stage-1") and "--init-from" not in first
+    assert first[first.index("--epochs") + 1] == str(e.first_stage[0])
+    assert second[second.index("--init-from") + 1] == str(out / "stage-1" / "final")
+    assert second[second.index("--out") + 1] == str(out) and "--resume" in second
+    (out / "stage-1").mkdir(parents=True)
+    (out / "stage-1" / "final.json").write_text("{}")
+    calls.clear()
+    assert zoo.main(["train", e.name, "--out", str(out), "--resume"]) == 0
+    assert calls == [second]  # a finished first stage is not rerun
+    calls.clear()
+    monkeypatch.setattr(zoo.subprocess, "call", lambda cmd: calls.append(cmd) or 3)
+    assert zoo.main(["train", e.name, "--out", str(out)]) == 3 and len(calls) == 1  # a failed stage stops
 
 
 def _check_diffusion_manifest(name, manifest):
@@ -237,6 +260,44 @@ def test_float16_storage_rounds_the_trainable_weights_and_keeps_the_flow_inverti
             assert torch.equal(p, rounded[n].float()), n
     with pytest.raises(ConfigError, match="dtype must be"):
         zoo.storage_copy(model, "float64")
+
+
+def test_convert_stores_a_shipped_model_in_float16_and_refuses_one_with_artifacts(tmp_path, fashion, monkeypatch):
+    train, val, test = fashion
+    test = test.subset(200, seed=0)
+    monkeypatch.setattr(zoo, "CI_SUBSET", 50)
+    run = tmp_path / "runs" / "gc-beta-8"
+    gclib.train.fit(gclib.GenerativeClassifier.from_config(DATASET), train.subset(128, seed=0), val.subset(50, seed=0),
+                    beta=8, epochs=1, batch_size=64, out=run, progress=False)
+    root = tmp_path / "ckpt"
+    before = json.loads(zoo.publish(run, "gc-beta-8", DATASET, root=root, dtype="float32", test=test).read_text())
+    after = json.loads(zoo.convert("gc-beta-8", "float16", DATASET, root=root, test=test).read_text())
+    assert after["dtype"] == "float16" and after["sha256"] != before["sha256"]
+    assert after["info"]["converted_from"]["sha256"] == before["sha256"]
+    assert after["info"]["converted_from"]["accuracy"] == before["info"]["test"]["accuracy"]
+    assert after["info"]["history"] == before["info"]["history"]  # the training record is kept
+    assert (root / DATASET / "gc-beta-8.safetensors").stat().st_size < 0.6 * before["info"]["parameters"] * 4
+    assert zoo._mismatches(zoo.verify("gc-beta-8", DATASET, root=root, test=test)) == []
+    with pytest.raises(ConfigError, match="in float16 already"):
+        zoo.convert("gc-beta-8", "float16", DATASET, root=root, test=test)
+    from gclib import evals
+
+    stem = evals.path_of("gc-beta-8", "corrupt", DATASET, root)
+    stem.parent.mkdir(parents=True)
+    stem.with_name(stem.name + ".json").write_text("{}")
+    with pytest.raises(ConfigError, match="evaluation artifacts"):
+        zoo.convert("gc-beta-8", "float32", DATASET, root=root, test=test)
+
+
+def test_twins_are_left_out_of_the_table_and_the_sweep():
+    twins = [e for e in zoo.entries(DATASET) if e.twin_of]
+    assert twins  # gc-large-beta-inf-long
+    for e in twins:  # a twin is the same model at the same beta, trained longer
+        base = zoo.entry(DATASET, e.twin_of)
+        assert (base.beta, base.config, base.model) == (e.beta, e.config, e.model) and e.epochs > base.epochs
+    in_table = {r["name"] for r in zoo.model_rows(DATASET)}
+    assert not {e.name for e in twins} & in_table
+    assert {e.name for e in twins} <= {r["name"] for r in zoo.model_rows(DATASET, twins=True)}
 
 
 def test_table_and_figure_from_the_manifests(tmp_path):
