@@ -140,8 +140,10 @@ def _execute(source: str, output: str, parameters: dict, threads: int | None) ->
             os.environ[var] = str(threads)
     start = time.perf_counter()
     try:
+        # The kernel's log level ERROR: ipykernel warns on every start that local TCP is unencrypted.
         papermill.execute_notebook(source, output, parameters=parameters, kernel_name="python3", cwd=str(REPO),
-                                   progress_bar=False, log_output=False, start_timeout=KERNEL_START_TIMEOUT_S)
+                                   progress_bar=False, log_output=False, start_timeout=KERNEL_START_TIMEOUT_S,
+                                   extra_arguments=["--IPKernelApp.log_level=ERROR"])
     except papermill.PapermillExecutionError as err:
         return {"error": (err.exec_count, err.cell_index, err.ename, err.evalue)}
     return {"seconds": time.perf_counter() - start}
