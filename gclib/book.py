@@ -8,9 +8,9 @@ the runs in order: which notebook, the name of its executed copy and its paramet
     python -m gclib.book build                   # jupyter-book build . (warnings are errors) -> _build/html
     python -m gclib.book all --params smoke --root /tmp/book --figures /tmp/book/figures
 
-Notebooks run two at a time on a machine with two or more cores (``--jobs``; each kernel gets its share of
-the cores as threads), longest first by the last run's ``timings-<params>.json``: the book's notebooks do not
-read each other's outputs. ``--jobs 1`` runs them one after the other, in the parameter set's order.
+Notebooks run one after the other, in the parameter set's order, with every thread; ``--jobs N`` runs N at a
+time (each kernel gets its share of the cores as threads), longest first by the last run's
+``timings-<params>.json``: the book's notebooks do not read each other's outputs.
 A notebook that fails stops the pipeline with a :class:`~gclib.errors.BookError` that names the notebook,
 the run and the failing cell; its executed copy (with the traceback) stays in the executed folder.
 The cells tagged ``parameters`` and papermill's ``injected-parameters`` are collapsed in the book.
@@ -121,8 +121,12 @@ def _hide_parameter_cells(path: Path) -> None:
 
 
 def default_jobs() -> int:
-    """Notebooks run at once by default: 2 where the machine has 2 or more cores, else 1."""
-    return 2 if (os.cpu_count() or 1) >= 2 else 1
+    """Notebooks run at once by default: 1. On the project's 2-core machine two at a time with one thread each
+    ran the paper notebooks in 820 s of wall time (1,589 s of notebook time), but most notebooks took about
+    twice as long on one thread as earlier runs took on two (gc_vs_dc 60 s against 29, heatmaps 206 against
+    92, corruptions 180 against 78; abs 128 against 120), so the gain over one at a time is small and not yet
+    measured on the same state; ``--jobs N`` is for machines whose cores one notebook cannot keep busy."""
+    return 1
 
 
 def _execute(source: str, output: str, parameters: dict, threads: int | None) -> dict:
@@ -366,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--figures", help="output folder for figures and tables (default: figures/)")
     p.add_argument("--work", help="folder for training runs made by notebooks (default: runs/book-PARAMS)")
     p.add_argument("--jobs", type=int, help="notebooks executed at once, each with cores/JOBS threads (default: "
-                   f"{default_jobs()} on this machine; 1 runs them in order)")
+                   f"{default_jobs()}: in order, with every thread)")
     args = p.parse_args(argv)
     try:
         if args.command == "list":

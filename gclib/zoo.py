@@ -174,9 +174,12 @@ def _fashion_mnist() -> list[ZooEntry]:
     # 9 minutes per GC on one CPU core. The ResNet-18 uses a stride-2 stem (4x fewer FLOPs than stride 1)
     # and SGD, the usual recipe for ResNets; it is stored in fp16 to fit the 40 MB budget.
     small = "fashion-mnist-small"  # called fashion-mnist when these were trained
-    out = [ZooEntry("fashion-mnist", f"gc-beta-{b}", "gc", b, 0, 10, config=small) for b in BETAS]
-    out += [ZooEntry("fashion-mnist", f"gc-beta-{b}-seed{s}", "gc", b, s, 10, config=small) for b in ("1", "8", "inf")
-            for s in (1, 2)]
+    # Stored with float16 trainable weights (converted after training, like the large GCs; see LARGE_DTYPE),
+    # except gc-beta-8, whose shipped attack artifacts name its float32 weights.
+    out = [ZooEntry("fashion-mnist", f"gc-beta-{b}", "gc", b, 0, 10, config=small,
+                    dtype="float32" if b == "8" else "float16") for b in BETAS]
+    out += [ZooEntry("fashion-mnist", f"gc-beta-{b}-seed{s}", "gc", b, s, 10, config=small, dtype="float16")
+            for b in ("1", "8", "inf") for s in (1, 2)]
     out.append(ZooEntry("fashion-mnist", "resnet18", "resnet", None, 0, 4,
                         ("--arch", "resnet18", "--stem-stride", "2", "--optimizer", "sgd", "--lr", "0.1",
                          "--weight-decay", "5e-4", "--batch-size", "128"), dtype="float16", config=small))
@@ -213,7 +216,8 @@ def _fashion_mnist() -> list[ZooEntry]:
     out.append(ZooEntry("fashion-mnist", "abs-vae8", "abs", None, 0, 20))
     # Base models for randomized smoothing (Cohen et al. train the base with the noise it is certified at):
     # the small zoo's GC (beta = 8) and its discriminative counterpart (beta = inf, the same flow trained with
-    # cross-entropy only) fine-tuned 3 epochs with Gaussian input noise of each sigma, from the shipped models.
+    # cross-entropy only) fine-tuned 3 epochs with Gaussian input noise of each sigma, from the shipped models
+    # (gc-beta-inf's float32 weights, before it was stored in float16: their manifests' info.init_from).
     out += [ZooEntry("fashion-mnist", smoothing_name(b, sd), "gc", b, 0, 3,
                      ("--input-noise", sd, "--lr", "1e-3", "--init-from", f"checkpoints/fashion-mnist/gc-beta-{b}"),
                      config=small, certify_sigma=float(sd)) for b in SMOOTHING_BETAS for sd in SMOOTHING_SIGMAS]

@@ -69,13 +69,20 @@ def order(name):  # GCs by beta and seed, then the feed-forward models
 names = sorted(names, key=order)
 
 
+def kind_of(name):
+    """'large', or '' for the small zoo (config fashion-mnist-small, recorded as fashion-mnist by the older
+    manifests: checkpoints.config_name reads both as today's name)."""
+    kind = gclib.zoo.variant(gclib.checkpoints.config_name(loaded[name].manifest))
+    return "" if kind == "small" else kind
+
+
 def label(name):
     """Short labels: 'GC β=8', 'GC β=8 s1' for the extra seeds, 'ResNet-18 DC'."""
     if name.startswith("resnet"):
         return "ResNet-18 DC" if name == "resnet18" else f"ResNet-18 DC ({name.removeprefix('resnet18-')})"
     beta = loaded[name].manifest["info"]["beta"]
     seed_ = loaded[name].manifest["info"].get("seed", 0)
-    kind = gclib.zoo.variant(loaded[name].manifest["config"]["model"]["name"])  # "large" or ""
+    kind = kind_of(name)
     return f"GC{'-' + kind if kind else ''} β={'∞' if beta == 'inf' else beta}" + (f" s{seed_}" if seed_ else "")
 
 
@@ -84,7 +91,7 @@ def beta_of(name):
 
 
 def recipe(name):  # models that differ only in their seed share it
-    return gclib.zoo.variant(loaded[name].manifest["config"]["model"]["name"]), beta_of(name)
+    return kind_of(name), beta_of(name)
 
 
 labels = [label(n) for n in names]

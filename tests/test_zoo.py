@@ -25,9 +25,10 @@ def test_every_zoo_model_is_shipped():
 def test_shipped_files_fit_the_budget():
     folder = zoo.checkpoint_root() / DATASET
     total = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())  # evaluation artifacts included
-    # 3.2M-parameter GCs take 12.8 MB each in float32 (float16 would break their float32 invertibility):
-    # the small zoo (15 models, 8 MB), two ResNet-18s in float16 (22 MB each) and nine large GCs fit in 200.
-    assert total <= 200 * 1024**2, f"{total / 1024**2:.1f} MiB shipped, budget 200 MiB"
+    # Issue 14's budget, 150 MB (10^6 bytes): every GC but the two with shipped attack artifacts stores float16
+    # trainable weights (zoo.storage_copy: 6.4 MB a large GC instead of 12.9, its frozen permutations float32),
+    # the two ResNet-18s float16 (22 MB each).
+    assert total <= 150 * 1000**2, f"{total / 1000**2:.1f} MB shipped, budget 150 MB"
 
 
 @pytest.mark.parametrize("name", SHIPPED)
