@@ -134,27 +134,37 @@ class ZooEntry:
     # randomized smoothing's base models only: the sigma publish certifies them at (their training noise)
     certify_sigma: float | None = None
     certify_n: int | None = None  # images certified (default CERTIFY_N)
-    # A first stage trained into OUT/stage-1 before this one, which starts from its final model (--init-from):
-    # (epochs, extra arguments), e.g. a model trained from scratch and then continued with a fresh schedule,
-    # as the paper's ImageNet runs were resumed between learning-rate stages.
-    first_stage: tuple[int, tuple[str, ...]] | None = None
+    # Earlier stages, each trained into OUT/stage-<k> and each starting from the previous one's final model
+    # (--init-from); this entry's own arguments are the last stage, which starts from OUT/stage-<n>/final.
+    # Each stage is (epochs, extra arguments): e.g. a model trained from scratch and then continued with fresh
+    # schedules, as the paper's ImageNet runs were resumed between learning-rate stages.
+    earlier_stages: tuple[tuple[int, tuple[str, ...]], ...] = ()
     # A longer-trained twin of another zoo model (its name): left out of table_models and the beta sweep,
     # which compare models trained alike; loaded by name like any other.
     twin_of: str | None = None
 
     def commands(self, out: str | os.PathLike) -> list[list[str]]:
         """Arguments for ``python`` of every stage that trains this model into ``out``, in order."""
-        if self.first_stage is None:
-            return [self.command(out)]
-        epochs, extra = self.first_stage
-        first = replace(self, epochs=epochs, extra_args=extra, first_stage=None)
-        return [first.command(Path(out) / "stage-1"), self.command(out)]
+        out = Path(out)
+        cmds, previous = [], None
+        for k, (epochs, extra) in enumerate(self.earlier_stages, 1):
+            init = ("--init-from", str(previous / "final")) if previous is not None else ()
+            stage = replace(self, epochs=epochs, extra_args=(*extra, *init), earlier_stages=())
+            previous = self.stage_dir(out, k)
+            cmds.append(stage.command(previous))
+        return cmds + [self.command(out)]
+
+    @staticmethod
+    def stage_dir(out: str | os.PathLike, k: int) -> Path:
+        """Where earlier stage ``k`` (1-based) of a multi-stage entry trains."""
+        return Path(out) / f"stage-{k}"
 
     def command(self, out: str | os.PathLike) -> list[str]:
         """Arguments for ``python`` that train this model into ``out`` (its last stage: see ``commands``)."""
-        if self.first_stage is not None:
-            return replace(self, first_stage=None, extra_args=(
-                *self.extra_args, "--init-from", str(Path(out) / "stage-1" / "final"))).command(out)
+        if self.earlier_stages:
+            last = self.stage_dir(out, len(self.earlier_stages)) / "final"
+            return replace(self, earlier_stages=(), extra_args=(
+                *self.extra_args, "--init-from", str(last))).command(out)
         if self.model == "abs":
             return ["-m", "gclib.abs", "--dataset", self.dataset, "--seed", str(self.seed), "--epochs",
                     str(self.epochs), *self.extra_args, "--out", str(out)]
@@ -195,7 +205,7 @@ def _fashion_mnist() -> list[ZooEntry]:
     out += [ZooEntry("fashion-mnist", f"gc-large-beta-{b}", "gc", b, 0, LARGE_EPOCHS.get(b, 10),
                      LARGE_ARGS.get(b, ("--input-noise", "0")), config="fashion-mnist-large",
                      dtype=LARGE_DTYPE.get(b, "float32"),
-                     first_stage=(10, ("--input-noise", "0")) if b in CONTINUED_BETAS else None)
+                     earlier_stages=((10, ("--input-noise", "0")),) if b in CONTINUED_BETAS else ())
             for b in LARGE_BETAS]
     out += [ZooEntry("fashion-mnist", f"gc-large-beta-{b}", "gc", b, 0, LARGE_EPOCHS.get(b, 2),
                      ("--input-noise", "0", "--lr", "1e-3", "--init-from", f"checkpoints/fashion-mnist/{FINETUNE_FROM}"),
@@ -2006,6 +2016,13 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--out", help="run folder (default runs/<dataset>/<name>)")
     t.add_argument("--resume", action="store_true")
     t.add_argument("--device")
+    rt = sub.add_parser("retrain", help="train and publish every zoo model (or NAMES), --jobs at a time, each after "
+                        "the model it is warm-started from (make retrain-zoo)")
+    rt.add_argument("names", nargs="*", help="default: every zoo model")
+    rt.add_argument("--jobs", type=int, default=1, help="models trained at once, each with cores/jobs threads")
+    rt.add_argument("--runs", default="runs/zoo", help="folder of the training runs and their logs")
+    rt.add_argument("--plan", action="store_true", help="print the schedule the shipped models' measured training "
+                    "times give, and train nothing")
     pb = sub.add_parser("publish", help="evaluate a finished run and ship it as checkpoints/<dataset>/<name>")
     pb.add_argument("name")
     pb.add_argument("--run", required=True, help="the training run folder")
@@ -2048,8 +2065,8 @@ def main(argv: list[str] | None = None) -> int:
             out = Path(args.out or f"runs/{args.dataset}/{e.name}")
             stages = e.commands(out)
             for k, stage in enumerate(stages, 1):
-                if k < len(stages) and args.resume and (out / "stage-1" / "final.json").is_file():
-                    continue  # the first stage finished in an earlier call
+                if k < len(stages) and args.resume and (e.stage_dir(out, k) / "final.json").is_file():
+                    continue  # this earlier stage finished in an earlier call
                 cmd = [sys.executable, *stage]
                 cmd += (["--resume"] if args.resume else []) + (["--device", args.device] if args.device else [])
                 print(" ".join(cmd), file=sys.stderr)
@@ -2057,6 +2074,19 @@ def main(argv: list[str] | None = None) -> int:
                 if rc:
                     return rc
             return 0
+        elif args.cmd == "retrain":
+            from . import retrain
+
+            if not args.plan:
+                return retrain.retrain(args.dataset, args.names, args.jobs, args.runs)
+            schedule = retrain.plan(args.dataset, args.names, args.jobs)
+            for row in schedule["rows"]:
+                after = f"  (after {', '.join(row['depends_on'])})" if row["depends_on"] else ""
+                print(f"{row['start_s'] / 3600:6.2f} h - {row['end_s'] / 3600:6.2f} h  {row['name']}{after}")
+            print(f"{len(schedule['rows'])} models, {schedule['jobs']} at a time: {schedule['wall_s'] / 3600:.2f} h of "
+                  f"training ({schedule['core_s'] / 3600:.2f} h one after another), from the shipped manifests' "
+                  "measured times; evaluation at publish not included"
+                  + (f"; no measured time for {', '.join(schedule['unknown'])}" if schedule["unknown"] else ""))
         elif args.cmd == "publish":
             path = publish(args.run, args.name, args.dataset)
             print(f"shipped {path}: {json.dumps(json.loads(path.read_text())['info']['test'])}")

@@ -59,27 +59,36 @@ def test_manifest_records_the_training(name):
     assert info["batch_size"] == (args.batch_size or defaults.batch_size)
     assert info["optimizer"] == (args.optimizer or defaults.optimizer)
     assert manifest["dtype"] == e.dtype
-    if e.first_stage is not None:  # started from a first stage of the recorded length (the lineage)
-        assert info["init_from"]["epochs"] == e.first_stage[0] and info["init_from"]["beta"] == e.beta
+    lineage = info.get("init_from")
+    for epochs, _ in reversed(e.earlier_stages):  # each stage started from the one before (the lineage)
+        assert lineage["epochs"] == epochs and lineage["beta"] == e.beta, (name, lineage)
+        lineage = lineage.get("init_from")
+    if e.earlier_stages:
+        assert lineage is None  # the first stage started from scratch
     assert checkpoints.sha256(zoo.checkpoint_root() / DATASET / manifest["weights"]) == manifest["sha256"]
 
 
-def test_a_two_stage_entry_trains_its_first_stage_then_starts_from_it(tmp_path, monkeypatch):
-    e = next(e for e in zoo.entries(DATASET) if e.first_stage is not None)
+def test_a_multi_stage_entry_trains_each_stage_from_the_one_before(tmp_path, monkeypatch):
+    e = next(e for e in zoo.entries(DATASET) if e.earlier_stages)
+    e = dataclasses.replace(e, earlier_stages=((3, ("--input-noise", "0")), (2, ("--lr", "1e-3"))))  # three stages
+    monkeypatch.setattr(zoo, "entry", lambda dataset, name: e)
     calls = []
     monkeypatch.setattr(zoo.subprocess, "call", lambda cmd: calls.append(cmd) or 0)
     out = tmp_path / "run"
     assert zoo.main(["train", e.name, "--out", str(out), "--resume"]) == 0
-    first, second = calls
+    first, second, last = calls
     assert first[first.index("--out") + 1] == str(out / "stage-1") and "--init-from" not in first
-    assert first[first.index("--epochs") + 1] == str(e.first_stage[0])
+    assert first[first.index("--epochs") + 1] == "3"
     assert second[second.index("--init-from") + 1] == str(out / "stage-1" / "final")
-    assert second[second.index("--out") + 1] == str(out) and "--resume" in second
+    assert second[second.index("--out") + 1] == str(out / "stage-2") and second[second.index("--lr") + 1] == "1e-3"
+    assert last[last.index("--init-from") + 1] == str(out / "stage-2" / "final")
+    assert last[last.index("--out") + 1] == str(out) and "--resume" in last
+    assert last[last.index("--epochs") + 1] == str(e.epochs)
     (out / "stage-1").mkdir(parents=True)
     (out / "stage-1" / "final.json").write_text("{}")
     calls.clear()
     assert zoo.main(["train", e.name, "--out", str(out), "--resume"]) == 0
-    assert calls == [second]  # a finished first stage is not rerun
+    assert calls == [second, last]  # a finished stage is not rerun
     calls.clear()
     monkeypatch.setattr(zoo.subprocess, "call", lambda cmd: calls.append(cmd) or 3)
     assert zoo.main(["train", e.name, "--out", str(out)]) == 3 and len(calls) == 1  # a failed stage stops
