@@ -22,11 +22,10 @@ import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 
+from .book import THREAD_VARS  # the variables a process's CPU threads are set through
 from .errors import ConfigError
 
 __all__ = ["dependencies", "estimated_seconds", "plan", "retrain"]
-
-THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def dependencies(entry) -> list[str]:
