@@ -575,5 +575,13 @@ for r in corr_rows:
     for col in ("clean_pct", "clean_se", "mca_pct", "mca_se", "delta_pct", "delta_se", "kappa_corrupted",
                 "kappa_corrupted_se"):
         glue(f"diffusion_corrupt_{col}_{k}", r[col], display=False)
+# How far the diffusion classifier's paired difference to the DC lies below each other model's, in units of
+# their SEs combined (as if independent: the same images make them correlated, so this is a rough guide).
+own = next(r for r in corr_rows if r["model"] == model_name)
+for r in corr_rows:
+    if (r["model"] != model_name and isinstance(r["delta_se"], float) and isinstance(own["delta_se"], float)
+            and math.hypot(r["delta_se"], own["delta_se"]) > 0):
+        z = (float(r["delta_pct"]) - float(own["delta_pct"])) / math.hypot(r["delta_se"], own["delta_se"])
+        glue(f"diffusion_corrupt_gap_z_{r['model'].replace('-', '_')}", f"{z:.1f}", display=False)
 
 print(f"notebook time {time.time() - start:.0f} s")

@@ -102,7 +102,7 @@ def _optimal_margin(smoothing, classes=3, steps=3000):
         opt.zero_grad()
         l_y.backward()
         opt.step()
-    return float(logits[0, 0] - logits[0, 1:].max())
+    return float((logits[0, 0] - logits[0, 1:].max()).detach())
 
 
 def test_label_smoothing_bounds_the_optimal_margin():
