@@ -548,6 +548,43 @@ for row, k in zip(bn_rows, ("elbo", "ode", "ibinn")):
             glue(f"diffusion_bn_{k}_{col.replace('-', '_')}", v, display=False)
 
 # %% [markdown]
+# Figure 1's view of every image (`fig_both_or_neither` in the explainability chapter) for the ELBO reading
+# (the diffusion classifier's own, on the small bank; the ODE reading ranks the classes poorly, see above):
+# its two most likely classes (bits/dim of the best, how many times more likely it is than the
+# runner-up), the regions, the ResNet DC's max-softmax on the same images, and random examples per region.
+
+# %%
+ll_s, b_s = readings["diffusion: ELBO (bound)"], bpd_of["diffusion: ELBO (bound)"]
+lo, hi = explain.typical_range(b_s["test"][ref], coverage)
+labels_ind = s_t["labels"][ind]
+right_s = ll_s["test"][ind].argmax(1) == labels_ind
+dc_fig = gclib.get_model(next(iter(dcs), "resnet18"), dataset, device="cpu").eval()
+images = {"test": x_s[ind], **{k: ood_x[k] for k in set_names}}
+with torch.no_grad():
+    dc_max = {k: torch.softmax(dc_fig(v), 1).max(1).values for k, v in images.items()}
+fig_groups = {}
+for name, mask in (("test (correct)", right_s), ("test (error)", ~right_s)):
+    t2 = explain.top2(ll_s["test"][ind][mask], d_dims)
+    fig_groups[name] = {"bits_per_dim": t2["bits_per_dim"][:, 0], "log_ratio": t2["log_ratio"],
+                        "dc_max": dc_max["test"][mask]}
+for k in set_names:
+    t2 = explain.top2(ll_s[k], d_dims)
+    fig_groups[k] = {"bits_per_dim": t2["bits_per_dim"][:, 0], "log_ratio": t2["log_ratio"], "dc_max": dc_max[k]}
+all_ll = torch.cat([ll_s["test"][ind], *[ll_s[k] for k in set_names]])
+all_b = torch.cat([b_s["test"][ind], *[b_s[k] for k in set_names]])
+all_codes = explain.regions(all_ll, all_b, (lo, hi), max_ratio)
+all_images = torch.cat(list(images.values()))
+all_sets = [k for k, v in images.items() for _ in range(len(v))]
+examples = {region: [{"image": all_images[i], "caption": f"{all_sets[i]}\n{FASHION_MNIST_CLASSES[int(all_ll[i].argmax())]}"}
+                     for i in idx] for region, idx in explain.pick_per_region(all_codes, 4, zoo_module.EVAL_SEED).items()}
+fig = plotting.plot_both_or_neither(fig_groups, (lo, hi), max_ratio, examples,
+                                    title=f"{model_name}, ELBO (a bound): the two most likely classes of every image")
+plotting.savefig(fig, "fig_diffusion_both_or_neither", figures)
+glue("fig_diffusion_both_or_neither", fig, display=False)
+glue("diffusion_fig_bn_test_errors", int((~right_s).sum()), display=False)
+glue("diffusion_fig_bn_test_n", len(right_s), display=False)
+
+# %% [markdown]
 # ## Under corruption: the robustness chapter's protocol
 # The corruption chapter's twelve corruptions (`gclib.robust`) at severity 3 on the first `zoo.CORRUPT_N`
 # images of the seeded subset. The classifier's logits (the log-softmax of Li et al.'s unpruned class scores,
