@@ -98,10 +98,17 @@ def order(name):  # the GCs by beta (small before large), then the feed-forward 
 names = sorted(names, key=order)
 
 
+# the DC that the chapters compare with (error consistency, counterfactuals judged by a second model): the first
+# ResNet of the list; a second one (e.g. resnet18-long, the same recipe trained longer) is its stronger twin
+dc_name = next((n for n in [m.strip() for m in models.split(",")] if n in info and info[n]["family"] == "resnet"), None)
+
+
 def label(name):
-    """'GC β=8', 'GC-large β=1', 'GC β=8 s1' for an extra seed, 'ResNet-18 DC'."""
+    """'GC β=8', 'GC-large β=1', 'GC β=8 s1' for an extra seed, 'ResNet-18 DC' (another ResNet: with its epochs)."""
     if not is_gc(name):
-        return "ResNet-18 DC" if name.startswith("resnet") else name
+        if not name.startswith("resnet"):
+            return name
+        return "ResNet-18 DC" + ("" if name == dc_name else f", {loaded[name].manifest['info']['epochs']} epochs")
     beta, kind = beta_of(name), kind_of(name)
     s = loaded[name].manifest["info"].get("seed", 0)
     return f"GC{'-' + kind if kind else ''} β={'∞' if beta == 'inf' else beta}" + (f" s{s}" if s else "")
@@ -110,13 +117,13 @@ def label(name):
 def key(name):
     """Glue key of a model: 'beta_8', 'large_beta_1', 'beta_8_s1', 'dc' for the ResNet."""
     if not is_gc(name):
-        return "dc" if name.startswith("resnet") else name.replace("-", "_")
+        if name == dc_name:
+            return "dc"
+        return ("dc_" + re.sub(r"^resnet\d*-?", "", name) if name.startswith("resnet") else name).replace("-", "_")
     s = loaded[name].manifest["info"].get("seed", 0)
     return (kind_of(name) + "_" if kind_of(name) else "") + f"beta_{beta_of(name)}" + (f"_s{s}" if s else "")
 
 
-# the DC that the chapters compare with (error consistency, counterfactuals judged by a second model)
-dc_name = next((n for n in names if info[n]["family"] == "resnet"), None)
 gcs = [n for n in names if is_gc(n)]
 for n in names:
     print(f"{label(n):>14}: {n}, family {info[n]['family']}, {info[n]['parameters']:,} parameters, "
@@ -429,41 +436,41 @@ print({k: round(v, 1) for k, v in timings.items()})
 # ## Small against large at the same β
 #
 # For every large GC whose small twin (same β, seed 0) is in the list: the difference large − small per
-# metric. Where the metric is a mean over the same images for both models (accuracies, deletion/insertion
+# metric; likewise for a second, longer-trained ResNet against the reference DC (longer − reference). Where the metric is a mean over the same images for both models (accuracies, deletion/insertion
 # AUCs, counterfactual rates) its SE is that of the mean per-image difference: paired. Elsewhere (AUROCs,
 # ECE, κ, attack rates, which are not means over one shared set of images) it is the SE of a difference of
 # two independent estimates, sqrt(SE₁² + SE₂²); the images are shared, so where the two models agree on
 # which images are hard the true SE is smaller: this one is conservative.
 
 # %%
-pairs = []
+pairs = []  # (weaker, stronger, pair id): "beta_<b>" for a small and a large GC, "dc" for the two ResNets
 for n in gcs:
     if kind_of(n):
         twin = next((m for m in gcs if not kind_of(m) and beta_of(m) == beta_of(n)
                      and not loaded[m].manifest["info"].get("seed", 0)), None)
         if twin:
-            pairs.append((twin, n))
-diffs = {}  # (metric key, beta) -> (difference, SE, "paired" or "independent")
-for small, large in pairs:
+            pairs.append((twin, n, f"beta_{beta_of(n)}"))
+pairs += [(dc_name, n, "dc") for n in names if not is_gc(n) and n != dc_name and n.startswith("resnet")][:1]
+diffs = {}  # (metric key, pair id) -> (difference, SE, "paired" or "independent")
+for small, large, pid in pairs:
     for r in rows:
         a, b = r["values"][small], r["values"][large]
         if a is None or b is None or a[1] is None or b[1] is None:
             continue
         if small in r["per_image"] and large in r["per_image"]:
             per = np.asarray(r["per_image"][large], float) - np.asarray(r["per_image"][small], float)
-            diffs[r["key"], beta_of(small)] = (float(per.mean()), float(per.std(ddof=1) / math.sqrt(len(per))),
-                                               "paired")
+            diffs[r["key"], pid] = (float(per.mean()), float(per.std(ddof=1) / math.sqrt(len(per))), "paired")
         else:
-            diffs[r["key"], beta_of(small)] = (b[0] - a[0], math.sqrt(a[1] ** 2 + b[1] ** 2), "independent")
+            diffs[r["key"], pid] = (b[0] - a[0], math.sqrt(a[1] ** 2 + b[1] ** 2), "independent")
 
 
 def z_of(d, se):
     return abs(d) / se if se > 0 else (0.0 if abs(d) < 1e-12 else math.inf)
 
 
-for (k, beta), (d, se, how) in diffs.items():
+for (k, pid), (d, se, how) in diffs.items():
     r = next(r for r in rows if r["key"] == k)
-    print(f"β={beta} {r['metric'][:62]:<62} {r['score'][:22]:<22} large − small = {d:+.{r['digits'] + 1}f} ± "
+    print(f"{pid:<8} {r['metric'][:62]:<62} {r['score'][:22]:<22} stronger − weaker = {d:+.{r['digits'] + 1}f} ± "
           f"{se:.{r['digits'] + 1}f} ({z_of(d, se):.1f} SE, {how})")
 
 # %% [markdown]
@@ -486,27 +493,28 @@ def cell(v, digits):
     return f"{mean:.{digits}f} ± {se:.{digits}f}" if math.isfinite(se) else f"{mean:.{digits}f}"
 
 
-def diff_cell(k, beta, digits):
-    if (k, beta) not in diffs:
+def diff_cell(k, pid, digits):
+    if (k, pid) not in diffs:
         return "–"
-    d, se, how = diffs[k, beta]
+    d, se, how = diffs[k, pid]
     return f"{d:+.{digits}f} ± {se:.{digits}f}" + (" (p)" if how == "paired" else "")
 
 
 table = [{"chapter": r["chapter"], "metric": r["metric"], "score": r["score"], "n": r["n"],
           **{n: cell(r["values"][n], r["digits"]) for n in names},
-          **{f"diff_beta_{beta_of(a)}": diff_cell(r["key"], beta_of(a), r["digits"]) for a, _ in pairs}}
+          **{f"diff_{pid}": diff_cell(r["key"], pid, r["digits"]) for _, _, pid in pairs}}
          for r in rows]
 plotting.save_table(table, "table_model_strength", figures, headers={
     "chapter": "chapter", "metric": "metric", "score": "score", "n": "n", **{n: label(n) for n in names},
-    **{f"diff_beta_{beta_of(a)}": f"{label(b)} − {label(a)}" for a, b in pairs}})
+    **{f"diff_{pid}": f"{label(b)} − {label(a)}" for a, b, pid in pairs}})
 display(Markdown((Path(figures) / "table_model_strength.md").read_text()))
 
 # %% [markdown]
 # ## The figure
 #
 # One panel per headline metric: every model with ± one SE; a small GC and the large GC of the same β are
-# joined by a line (stars: the large GCs; the ResNet in red).
+# joined by a line (stars: the large GCs; the ResNets in red, the reference DC a square, a longer-trained one a
+# diamond, joined to it).
 
 # %%
 PANELS = ["accuracy", "both_auroc", "neither_auroc", "separate_auroc", "deletion_auc", "insertion_auc",
@@ -522,6 +530,14 @@ TITLES = {"accuracy": "clean accuracy (%)", "both_auroc": '"both" finds errors: 
           "kappa": "κ with the ResNet DC\n(corrupted)", "pgd_1": "PGD-L∞ 1/255: success (%)",
           "pgd_4": "PGD-L∞ 4/255: success (%)", "adaptive_auroc_typicality": "adaptive attack 4/255:\n"
           "typicality AUROC"}
+def tick(n):  # short x labels: 'GC\nβ=1', 'large\nβ=1', 'DC', 'DC\n8 ep.'
+    if is_gc(n):
+        return label(n).replace("GC-", "").replace(" β", "\nβ")
+    if n.startswith("resnet"):
+        return "DC" if n == dc_name else f"DC\n{loaded[n].manifest['info']['epochs']} ep."
+    return n
+
+
 colors = {n: plotting.DC_COLOR if not is_gc(n) else plotting.BETA_COLORS.get(beta_of(n), "#7f7f7f") for n in names}
 by_key = {r["key"]: r for r in rows}
 ncols = 6
@@ -532,18 +548,17 @@ for ax, k in zip(axes.flat, PANELS):
         v = r["values"][n]
         if v is None:
             continue
-        marker = "s" if not is_gc(n) else "*" if kind_of(n) else "o"
+        marker = ("s" if n == dc_name else "D") if not is_gc(n) else "*" if kind_of(n) else "o"
         ax.errorbar([i], [v[0]], yerr=[v[1] or 0], color=colors[n], marker=marker, ms=9 if marker == "*" else 5,
                     capsize=2, lw=1.2)
-    for small, large in pairs:
+    for small, large, _ in pairs:
         a, b = r["values"][small], r["values"][large]
         if a is not None and b is not None:
             ax.plot([names.index(small), names.index(large)], [a[0], b[0]], color=colors[small], lw=1, alpha=0.7)
     if k == "mca_delta":
         ax.axhline(0, color="#7f7f7f", lw=0.8, ls=":")
     ax.set_title(TITLES[k], fontsize=8)
-    ax.set_xticks(range(len(names)), [label(n).replace(" β", "\nβ").replace(" DC", "\nDC") for n in names],
-                  fontsize=6)
+    ax.set_xticks(range(len(names)), [tick(n) for n in names], fontsize=6)
     ax.set_xlim(-0.6, len(names) - 0.4)
     ax.tick_params(axis="y", labelsize=7)
 for ax in list(axes.flat)[len(PANELS):]:
@@ -555,13 +570,12 @@ plotting.savefig(fig, "fig_model_strength", figures)
 for r in rows:
     for n in names:
         glue(f"strength_{r['key']}_{key(n)}", cell(r["values"][n], r["digits"]), display=False)
-for small, _ in pairs:  # every pair and row, "–" where a difference does not exist
-    beta = beta_of(small)
+for _, _, pid in pairs:  # every pair and row, "–" where a difference does not exist
     for r in rows:
-        glue(f"strength_{r['key']}_diff_beta_{beta}", diff_cell(r["key"], beta, r["digits"]).removesuffix(" (p)"),
+        glue(f"strength_{r['key']}_diff_{pid}", diff_cell(r["key"], pid, r["digits"]).removesuffix(" (p)"),
              display=False)
-        glue(f"strength_{r['key']}_z_beta_{beta}",
-             f"{z_of(*diffs[r['key'], beta][:2]):.1f}" if (r["key"], beta) in diffs else "–", display=False)
+        glue(f"strength_{r['key']}_z_{pid}",
+             f"{z_of(*diffs[r['key'], pid][:2]):.1f}" if (r["key"], pid) in diffs else "–", display=False)
 glue("strength_n_test", str(len(y)), display=False)
 glue("strength_n_val", str(len(x_val)), display=False)
 glue("strength_n_ood", str(n_ood), display=False)
