@@ -571,8 +571,11 @@ def plot_success_curves(rows: list[dict], colors: dict[str, str], xlabels: dict[
         ax.set_ylim(-3, 103)
         ax.set_title(attack)
     axes[0][0].set_ylabel("success rate (%)\n(of images classified correctly before)")
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize=8)
+    legend = {}  # a model drawn in some panels only (a shipped artifact's) still gets its entry
+    for ax in axes[0]:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
+    fig.legend(list(legend.values()), list(legend), loc="outside lower center", ncol=len(legend), fontsize=8)
     return fig
 
 

@@ -121,12 +121,14 @@ def _hide_parameter_cells(path: Path) -> None:
 
 
 def default_jobs() -> int:
-    """Notebooks run at once by default: 1. On the project's 2-core machine two at a time with one thread each
-    ran the paper notebooks in 820 s of wall time (1,589 s of notebook time), but most notebooks took about
-    twice as long on one thread as earlier runs took on two (gc_vs_dc 60 s against 29, heatmaps 206 against
-    92, corruptions 180 against 78; abs 128 against 120), so the gain over one at a time is small and not yet
-    measured on the same state; ``--jobs N`` is for machines whose cores one notebook cannot keep busy."""
-    return 1
+    """Notebooks run at once by default: 2 where there are at least 2 cores (one thread each), else 1.
+
+    Measured on the project's 2-core machine, same checkout (925a96c), fresh roots, the paper notebooks: two at
+    a time 792 s of wall time (1,501 s of notebook time), one at a time with two threads 951 s; a notebook on
+    one thread takes longer than on two (the ResNet-18's convolutions use both), but not twice as long, so two
+    at a time keep both cores busier. More than 2 is not the default: the heaviest notebooks then set the wall
+    time, and memory grows with every kernel; ``--jobs N`` chooses."""
+    return 2 if (os.cpu_count() or 1) >= 2 else 1
 
 
 def _execute(source: str, output: str, parameters: dict, threads: int | None) -> dict:

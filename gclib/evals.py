@@ -9,8 +9,8 @@ corrupted one, is refused; the tests recompute a random sample of every shipped 
 the model and require the same results (``gclib.zoo`` does this for the diffusion family).
 
 >>> sorted(KINDS)  # doctest: +NORMALIZE_WHITESPACE
-['abs-extra', 'abs-ood', 'abs-test', 'attack-hsj', 'attack-l2', 'certify', 'corrupt', 'diffusion-ood', 'errors',
- 'score', 'test']
+['abs-extra', 'abs-ood', 'abs-test', 'attack-hsj', 'attack-l2', 'attack-pgd', 'certify', 'corrupt',
+ 'diffusion-ood', 'errors', 'score', 'test']
 """
 
 from __future__ import annotations
@@ -46,6 +46,9 @@ KINDS = {
                  "distance [N] (inf: misclassified already or not found), misclassified [N], failed [N], queries [N], "
                  "gradients [N], start_distance [N] and the model's logits on x_adv, logits_adv [N, C] (FMN)",
     "attack-hsj": "as attack-l2, from HopSkipJump (decision-based) on the model as deployed",
+    "attack-pgd": "PGD-Linf (gclib.attacks.success_curve) through the model's logits on the test subset at the "
+                  "budgets in the manifest: correct [N] (before the attack), fooled and attacked [E, N], x_adv "
+                  "[E, N, C, H, W] and the model's logits on them, logits_adv [E, N, C]",
     "score": "the score-based reading of a diffusion network (gclib.score, gclib.zoo.SCORE_READING) at the seeded "
              "dequantized test images: scores [N, P, C] (each Hutchinson probe's log p(x|y), nats), predictions [N], "
              "bits_per_dim [N] and its standard error over the probes bits_per_dim_se [N]",

@@ -18,7 +18,9 @@ from pathlib import Path
 
 __all__ = [
     "BETA_COLORS",
+    "DC_COLOR",
     "DETERMINISTIC_RC",
+    "DIFFUSION_COLOR",
     "PAPER_BETA_FACTOR",
     "beta_color",
     "figure",
@@ -39,6 +41,7 @@ _BETA_ORDER = ["0", "1", "2", "4", "8", "16", "32", "inf"]
 BETA_COLORS = dict(zip(_BETA_ORDER, ["#440154", "#46327e", "#365c8d", "#277f8e", "#1fa187", "#4ac16d",
                                      "#a0da39", "#d4a600"]))
 DC_COLOR = "#d62728"
+DIFFUSION_COLOR = "#ff7f0e"  # the diffusion family's GC, beside the IB-INN's viridis β scale
 PAPER_COLOR = "#7f7f7f"
 # The paper's L_X is per dimension and its L_Y per image: on ImageNet (3 x 224 x 224 = 150,528 dimensions)
 # beta puts 150,528 / 784 = 192 times more weight per image on the class term than the same beta here.
@@ -381,15 +384,19 @@ def plot_training_curves(histories: dict[str, list[dict]], colors: dict[str, str
     return fig
 
 
-def plot_gc_vs_dc(examples: list[dict], class_names: list[str], reference_bpd, bpd_range: tuple[float, float]):
+def plot_gc_vs_dc(examples: list[dict], class_names: list[str], reference_bpd, bpd_range: tuple[float, float],
+                  second: dict | None = None):
     """The book's Figure 1: for each input, the DC's posterior beside the GC's class likelihoods.
 
     Args:
         examples: one dict per row with ``title``, ``image`` ([C, H, W] in [0, 1]), ``dc_posterior`` ([K]),
-            ``gc_log_likelihoods`` ([K], nats) and ``bits_per_dim`` (the GC's -log2 p(x) per dim).
+            ``gc_log_likelihoods`` ([K], nats) and ``bits_per_dim`` (the GC's -log2 p(x) per dim); with
+            ``second`` also ``second_log_likelihoods`` and ``second_bits_per_dim``.
         class_names: the K class names.
-        reference_bpd: bits/dim of held-out in-distribution images (the histogram in the last column).
+        reference_bpd: bits/dim of held-out in-distribution images (the histogram in the density column).
         bpd_range: their typical range (shaded).
+        second: another GC family beside the first: ``{"label", "reference_bpd", "bpd_range"}`` (its own
+            reference images and typical range; ``color`` optional), drawn in two more columns.
 
     Columns: the input; the DC's posterior (sums to one); the GC's class likelihoods relative to the most
     likely class, p(x|y) / max_y p(x|y) (each in [0, 1], they need not sum to one: two classes at 1 is
@@ -400,13 +407,33 @@ def plot_gc_vs_dc(examples: list[dict], class_names: list[str], reference_bpd, b
 
     plt = _plt()
     n = len(examples)
-    fig, axes = plt.subplots(n, 4, figsize=(11.5, 2.3 * n), squeeze=False, layout="constrained",
-                             gridspec_kw={"width_ratios": [0.8, 1.6, 1.6, 1.5]})
+    ratios = [0.8, 1.6, 1.6, 1.5] + ([1.6, 1.5] if second else [])
+    fig, axes = plt.subplots(n, len(ratios), figsize=(2.9 * sum(ratios), 2.3 * n), squeeze=False,
+                             layout="constrained", gridspec_kw={"width_ratios": ratios})
     ks = np.arange(len(class_names))
-    ref = np.asarray(reference_bpd, dtype=float)
-    low, high = bpd_range
-    all_bpd = np.concatenate([ref, [float(e["bits_per_dim"]) for e in examples]])
-    bins = np.linspace(min(all_bpd.min(), low) - 0.2, max(all_bpd.max(), high) + 0.2, 60)
+
+    def likelihood_panel(ax, ll, color, label):
+        ll = torch.as_tensor(ll).double()
+        ax.bar(ks, torch.exp(ll - ll.max()).numpy(), color=color)
+        ax.set_ylim(0, 1.05)
+        ax.set_ylabel(f"{label}: p(x|y) / max p(x|y)", fontsize=8)
+
+    def density_panel(ax, bpd, ref, band, color, label):
+        ref = np.asarray(ref, dtype=float)
+        low, high = band
+        all_bpd = np.concatenate([ref, [float(e) for e in bpd[1]]])
+        bins = np.linspace(min(all_bpd.min(), low) - 0.2, max(all_bpd.max(), high) + 0.2, 60)
+        ax.hist(ref, bins=bins, color=PAPER_COLOR, alpha=0.6)
+        ax.axvspan(low, high, color=color, alpha=0.12, lw=0)
+        value = float(bpd[0])
+        typical = low <= value <= high
+        ax.axvline(value, color="black" if typical else DC_COLOR, lw=2)
+        ax.set_yticks([])
+        ax.set_xlabel(f"{label}: bits/dim of the input (lower = more likely)", fontsize=8)
+        ax.set_title(f"{value:.2f} bits/dim: {'typical' if typical else 'atypical'}", fontsize=8,
+                     color="black" if typical else DC_COLOR)
+
+    gc_bpd = [e["bits_per_dim"] for e in examples]
     for row, ex in zip(axes, examples):
         img = torch.as_tensor(ex["image"]).float()
         row[0].imshow(img.permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray", vmin=0, vmax=1)
@@ -416,25 +443,22 @@ def plot_gc_vs_dc(examples: list[dict], class_names: list[str], reference_bpd, b
         row[1].bar(ks, dc, color=DC_COLOR)
         row[1].set_ylim(0, 1.05)
         row[1].set_ylabel("DC: p(y|x)")
-        ll = torch.as_tensor(ex["gc_log_likelihoods"]).double()
-        rel = torch.exp(ll - ll.max()).numpy()
-        row[2].bar(ks, rel, color=BETA_COLORS["8"])
-        row[2].set_ylim(0, 1.05)
-        row[2].set_ylabel("GC: p(x|y) / max p(x|y)")
-        for ax in row[1:3]:
+        likelihood_panel(row[2], ex["gc_log_likelihoods"], BETA_COLORS["8"], "GC")
+        bar_axes = [row[1], row[2]]
+        if second:
+            likelihood_panel(row[4], ex["second_log_likelihoods"], second.get("color", DIFFUSION_COLOR),
+                             second["label"])
+            bar_axes.append(row[4])
+        for ax in bar_axes:
             ax.set_xticks(ks, class_names, rotation=60, ha="right", fontsize=7)
             ax.grid(axis="x", visible=False)
         top = dc.argmax()
         row[1].text(top, min(dc[top] + 0.02, 0.98), f"{dc[top]:.2f}", ha="center", va="bottom", fontsize=7)
-        row[3].hist(ref, bins=bins, color=PAPER_COLOR, alpha=0.6)
-        row[3].axvspan(low, high, color=BETA_COLORS["8"], alpha=0.12, lw=0)
-        bpd = float(ex["bits_per_dim"])
-        typical = low <= bpd <= high
-        row[3].axvline(bpd, color="black" if typical else DC_COLOR, lw=2)
-        row[3].set_yticks([])
-        row[3].set_xlabel("GC: bits/dim of the input (lower = more likely)", fontsize=8)
-        row[3].set_title(f"{bpd:.2f} bits/dim: {'typical' if typical else 'atypical'}", fontsize=8,
-                         color="black" if typical else DC_COLOR)
+        density_panel(row[3], (ex["bits_per_dim"], gc_bpd), reference_bpd, bpd_range, BETA_COLORS["8"], "GC")
+        if second:
+            density_panel(row[5], (ex["second_bits_per_dim"], [e["second_bits_per_dim"] for e in examples]),
+                          second["reference_bpd"], second["bpd_range"], second.get("color", DIFFUSION_COLOR),
+                          second["label"])
     return fig
 
 

@@ -1196,10 +1196,19 @@ CORRUPT_N, CORRUPT_SEVERITIES, CORRUPT_CHECK_N = 100, (3,), 3
 # HSJ's budget, 10 iterations (about 2,450 label queries an image), is what ABS affords on a CPU: about 21 min
 # of a core an attacked image (0.5 s a query).
 ATTACK_N, ATTACK_CHECK_N = 10, 2
+# The kind "attack-pgd": the robustness chapter's PGD-Linf (gclib.attacks.success_curve: 10 steps of 2.5 eps /
+# steps, a seeded random start, early stop, budgets from the largest down) on the first PGD_N images of the
+# seeded subset, through the model's full logits (a diffusion classifier: every class on its whole fixed noise
+# bank, 1,000 network evaluations per forward pass; the gradient runs through all of them). Models too costly
+# for the chapter's live runs (about 10 s of a core per image and step for the diffusion classifier) ship it;
+# chunks of PGD_BATCH images, chunk c with seed EVAL_SEED + c, so that `--jobs K` gives the same artifact.
+# verify recomputes the logits of PGD_CHECK_N random attacked images.
+PGD_N, PGD_BATCH, PGD_CHECK_N = 40, 4, 2
+PGD_EPS_255, PGD_STEPS = (1.0, 4.0, 16.0), 10
 ATTACK_METHODS = {"attack-l2": "fmn", "attack-hsj": "hsj"}
 ATTACK_STEPS = {"fmn": 100, "hsj": 10}
 ATTACK_BATCH = {"fmn": 10, "hsj": 5}
-ROBUSTNESS_KINDS = ("corrupt", "attack-l2", "attack-hsj")  # any family's; _verify_artifacts checks them
+ROBUSTNESS_KINDS = ("corrupt", "attack-l2", "attack-hsj", "attack-pgd")  # any family's; _verify_artifacts checks them
 EVALUATE_KINDS = (*ROBUSTNESS_KINDS, "score", "diffusion-ood")  # the last two: a diffusion network's only
 
 
@@ -1296,9 +1305,10 @@ def _map_chunks(work, model, source, chunks: list[tuple[str, tuple, torch.Tensor
     workers = min(jobs, len(todo)) if todo else 1
     if workers > 1:
         with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-            futures = [pool.submit(work, str(source), *args) for _, args, _ in todo]
+            futures = [pool.submit(_by_value, work, str(source), *[_Array(a) if isinstance(a, torch.Tensor) else a
+                                                                   for a in args]) for _, args, _ in todo]
             for (key, _, index), future in zip(todo, futures):
-                keep(key, index, future.result())
+                keep(key, index, {k: torch.from_numpy(v.array) for k, v in future.result().items()})
                 bar.update(len(index))
     else:
         for key, args, index in todo:
@@ -1306,6 +1316,21 @@ def _map_chunks(work, model, source, chunks: list[tuple[str, tuple, torch.Tensor
             bar.update(len(index))
     bar.close()
     return done, (time.perf_counter() - start) * workers, sum(len(c[2]) for c in todo)
+
+
+class _Array:
+    """A tensor sent to a worker process by value (numpy's pickle, the bytes themselves). torch's own pickling
+    hands a worker a file descriptor that the parent's resource sharer must serve when the worker picks the task
+    up; a worker of `evaluate --what attack-pgd --jobs 2` once died at that step with "Connection refused"."""
+
+    def __init__(self, tensor: torch.Tensor):
+        self.array = tensor.detach().cpu().numpy()
+
+
+def _by_value(work, source, *args) -> dict:
+    """Run ``work`` in a worker on arguments sent as :class:`_Array`, and send its tensors back the same way."""
+    out = work(source, *[torch.from_numpy(a.array) if isinstance(a, _Array) else a for a in args])
+    return {k: _Array(v) for k, v in out.items()}
 
 
 def _check_jobs(jobs, source, what: str, need_source: bool = True) -> None:
@@ -1564,6 +1589,98 @@ def evaluate_attacks(model, test, n: int | None = None, steps: int | None = None
     return record, tensors
 
 
+def _pgd_work(model, x: torch.Tensor, y: torch.Tensor, epsilons: tuple, steps: int, seed: int
+              ) -> dict[str, torch.Tensor]:
+    """One chunk of an "attack-pgd" artifact, in one thread: PGD-Linf at every budget (``epsilons`` in [0, 1]
+    units) and the model's logits on every attacked image (``model``: a model, or its checkpoint path, as in a
+    worker process)."""
+    from .attacks import success_curve
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        if isinstance(model, (str, Path)):
+            model = checkpoints.load(model, device="cpu", verify=False).eval()
+        c = success_curve(model, x, y, list(epsilons), "pgd", "inf", steps=steps, seed=seed, batch_size=len(x))
+        with torch.no_grad():
+            logits = torch.stack([model(c.x_adv[e]).float() for e in range(len(epsilons))])
+        return {"correct": c.correct, "fooled": c.fooled, "attacked": c.attacked, "x_adv": c.x_adv.float(),
+                "logits_adv": logits}
+    finally:
+        torch.set_num_threads(threads)
+
+
+def evaluate_pgd(model, test, n: int | None = None, eps_255=PGD_EPS_255, steps: int = PGD_STEPS,
+                 batch: int = PGD_BATCH, jobs: int = 1, source: str | os.PathLike | None = None,
+                 progress: bool = True, partial: str | os.PathLike | None = None
+                 ) -> tuple[dict, dict[str, torch.Tensor]]:
+    """PGD-Linf (the robustness chapter's attack, see :data:`PGD_N`) on the first ``n`` images of the seeded
+    test subset at budgets ``eps_255`` (units of 1/255); returns ``(record, artifact tensors)``: ``correct``
+    [N], ``fooled`` and ``attacked`` [E, N], ``x_adv`` [E, N, C, H, W] and the model's ``logits_adv``
+    [E, N, C]. Chunks of ``batch`` images, chunk c seeded ``EVAL_SEED + c``: the result does not depend on
+    ``jobs`` (worker processes loading ``source``); ``partial`` keeps finished chunks for a resumed run."""
+    from .attacks import binomial_se
+
+    _check_jobs(jobs, source, "evaluate_pgd")
+    n = min(PGD_N if n is None else n, len(test))
+    eps = tuple(float(e) / 255 for e in eps_255)
+    index = _test_index(len(test), n)
+    x, y = test.batch(index)
+    starts = list(range(0, n, batch))
+    chunks = [(f"{s:06d}", (x[s:s + batch], y[s:s + batch], eps, steps, EVAL_SEED + c), index[s:s + batch])
+              for c, s in enumerate(starts)]
+    done, seconds, computed = _map_chunks(_pgd_work, model, source, chunks, jobs, partial, progress, "PGD-Linf",
+                                          settings={"eps": eps, "steps": steps, "batch": batch})
+    t = {k: torch.cat([done[f"{s:06d}"][k] for s in starts], dim=0 if k == "correct" else 1)
+         for k in ("correct", "fooled", "attacked", "x_adv", "logits_adv")}
+    correct = t["correct"]
+    rates = []
+    for e, budget in enumerate(eps_255):
+        k = int((correct & t["fooled"][e]).sum())
+        rate = k / max(int(correct.sum()), 1)
+        rates.append({"eps_255": float(budget), "fooled": k, "success": rate,
+                      "success_se": binomial_se(rate, int(correct.sum()))})
+    record = {"n": n, "subset_seed": EVAL_SEED, "attack": "PGD-Linf (gclib.attacks.success_curve)",
+              "eps_255": [float(e) for e in eps_255], "steps": steps, "step_size": "2.5 eps / steps",
+              "random_start": f"uniform in the ball, seed {EVAL_SEED} + chunk index (chunks of {batch}) + budget index",
+              "early_stop": True, "monotone": True, "correct_clean": int(correct.sum()), "success": rates,
+              "evaluations_per_forward": int(getattr(model, "evaluations_per_image", 1)),
+              "seconds_per_image": round(seconds / computed, 1) if computed else None, "jobs": jobs,
+              "torch_threads": 1}
+    return record, {"indices": index, "labels": y, **t}
+
+
+@torch.no_grad()
+def _verify_pgd(model, name: str, dataset: str, root, test, g: torch.Generator, rtol: float) -> list[str]:
+    """Check a shipped "attack-pgd" artifact: its images are the seeded subset, every attacked image lies in its
+    Linf ball and in [0, 1], the shipped logits say fooled exactly where the artifact does, and the model's logits
+    on PGD_CHECK_N random attacked images are the shipped ones (to ``rtol``)."""
+    from . import evals
+
+    t, art = evals.load(evals.path_of(name, "attack-pgd", dataset, root), model_sha256=model.manifest["sha256"])
+    problems = _check_subset(t, test, "attack-pgd")
+    x, y = test.batch(t["indices"])
+    eps = torch.tensor(art["info"]["eps_255"], dtype=torch.float64) / 255
+    dist = (t["x_adv"].double() - x.double()[None]).flatten(2).abs().amax(2)  # [E, N]
+    if bool((dist > eps[:, None] + 1e-6).any()):
+        problems.append("attack-pgd: an attacked image lies outside its Linf ball")
+    if float(t["x_adv"].min()) < 0 or float(t["x_adv"].max()) > 1:
+        problems.append("attack-pgd: attacked images outside [0, 1]")
+    wrong = t["logits_adv"].argmax(2) != y[None]
+    if bool((t["fooled"] & ~wrong).any()) or bool((t["attacked"] & wrong & ~t["fooled"]).any()):
+        problems.append("attack-pgd: the shipped logits disagree with the fooled flags")
+    if bool((t["fooled"] & ~t["correct"][None]).any()):
+        problems.append("attack-pgd: an image counted as fooled was misclassified before the attack")
+    rows = t["attacked"].nonzero()
+    for e, i in rows[torch.randperm(len(rows), generator=g)[:PGD_CHECK_N]].tolist():
+        got = model(t["x_adv"][e, i:i + 1]).float()
+        want = t["logits_adv"][e, i:i + 1]
+        if not torch.allclose(got, want, rtol=rtol, atol=1e-4):
+            problems.append(f"attack-pgd budget {e} image {i}: logits differ by up to "
+                            f"{float((got - want).abs().max()):.3e}")
+    return problems
+
+
 def evaluate_shipped(name: str, what: str = "corrupt", dataset: str = "fashion-mnist",
                      root: str | os.PathLike | None = None, test=None, progress: bool = True, jobs: int = 1,
                      n: int | None = None, partial: str | os.PathLike | None = None) -> Path:
@@ -1588,6 +1705,8 @@ def evaluate_shipped(name: str, what: str = "corrupt", dataset: str = "fashion-m
     elif what == "diffusion-ood":
         record, tensors = evaluate_diffusion_ood(model, test, n=n, jobs=jobs, source=path, progress=progress,
                                                  partial=partial)
+    elif what == "attack-pgd":
+        record, tensors = evaluate_pgd(model, test, n=n, jobs=jobs, source=path, progress=progress, partial=partial)
     else:
         record, tensors = evaluate_attacks(model, test, method=ATTACK_METHODS[what], jobs=jobs, source=path)
     return evals.save(evals.path_of(name, what, dataset, root), tensors, model_sha256=model.manifest["sha256"],
@@ -1654,6 +1773,8 @@ def _verify_artifacts(model, name: str, dataset: str, root, test, g: torch.Gener
     def check(kind: str) -> list[str]:
         if kind == "corrupt":
             return _verify_corruptions(model, name, dataset, root, test, g, rtol)
+        if kind == "attack-pgd":
+            return _verify_pgd(model, name, dataset, root, test, g, rtol)
         return _verify_attacks(model, name, dataset, root, test, g, rtol, kind=kind)
 
     def shipped(kind: str) -> bool:
@@ -2039,8 +2160,9 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--jobs", type=int, default=1, help="worker processes for the attacks, the score-based "
                     "reading and diffusion-ood (one thread each); the artifact does not depend on it")
     ev.add_argument("--n", type=int, help=f"score: images of the seeded test subset (default {SCORE_N}); "
+                    f"attack-pgd: (default {PGD_N}); "
                     f"diffusion-ood: images per OoD set (default {OOD_N})")
-    ev.add_argument("--partial", help="score, diffusion-ood: a folder keeping finished chunks, so an interrupted "
+    ev.add_argument("--partial", help="score, diffusion-ood, attack-pgd: a folder keeping finished chunks, so an interrupted "
                     "run resumes")
     v = sub.add_parser("verify", help="recompute the test figures of shipped models and compare")
     v.add_argument("names", nargs="*", help="default: every shipped model")

@@ -35,6 +35,11 @@
 dataset = "fashion-mnist"
 betas = "1,8,32,inf"  # the GCs to attack (inf: the feed-forward twin of the GC)
 dcs = "resnet"  # the feed-forward references
+# Models too costly to attack live (the diffusion classifier: 1,000 network evaluations a forward pass, about 10 s
+# of a core per image and PGD step): their shipped PGD-Linf artifacts (evals/<model>.attack-pgd, computed by
+# `python -m gclib.zoo evaluate NAME --what attack-pgd`, the same attack on their own subset) join the table and
+# the PGD-Linf panel
+shipped = "diffusion-unet32"
 n_test = 500  # test images drawn (the attacks run on those classified correctly)
 n_val = 500  # held-out images that define typical bits/dim for the detectors
 eps_linf = "1/16,1/4,1,4,16"  # FGSM and PGD-Linf budgets in units of 1/255
@@ -58,7 +63,7 @@ from IPython.display import Markdown, display
 from myst_nb import glue
 
 import gclib
-from gclib import attacks, detect, explain, plotting
+from gclib import attacks, checkpoints, detect, evals, explain, plotting, zoo
 
 t_start = time.time()
 _, val, test = gclib.data.load(dataset)
@@ -71,6 +76,8 @@ l2 = [float(e) for e in eps_l2.split(",")]
 detect_255 = [float(Fraction(e)) for e in detect_eps.split(",")]
 assert detect_beta in beta_list and all(e in linf_255 for e in detect_255), "detect_* must be in betas / eps_linf"
 DC_NAMES = {"resnet": "ResNet-18 DC"}
+SHIPPED_NAMES = {"diffusion-unet32": "GC (diffusion)"}
+shipped_list = [m.strip() for m in shipped.split(",") if m.strip()]
 
 
 def gc_name(beta):
@@ -99,6 +106,41 @@ for name, model in models.items():
         rows += attacks.curve_rows(name, attack, curves[name, attack], scale=SCALE[attack])
     n_ok = int(curves[name, "FGSM"].correct.sum())
     print(f"{name}: {n_ok} of {len(x_test)} test images correct before the attacks; {time.time() - t0:.1f} s")
+n_of = {name: int(curves[name, "FGSM"].correct.sum()) for name in models}
+
+# %% [markdown]
+# The shipped PGD-$L_\infty$ artifacts: loading checks that they were computed from the shipped weights (sha256)
+# and are intact; every attacked image must lie in its ball and in [0, 1], and the shipped logits must say fooled
+# exactly where the artifact does (the tests and `python -m gclib.zoo verify` also recompute a random sample of
+# those logits from the weights). Their images are the first ones of the seeded test subset, not the `n_test`
+# drawn above: a smaller, different sample, with a larger standard error.
+
+# %%
+shipped_info = {}
+for m_name in shipped_list:
+    label = SHIPPED_NAMES.get(m_name, m_name)
+    stem = evals.path_of(m_name, "attack-pgd", dataset)
+    if not stem.with_name(stem.name + ".json").is_file():
+        print(f"{m_name}: no shipped attack-pgd artifact (python -m gclib.zoo evaluate {m_name} --what attack-pgd)")
+        continue
+    sha = checkpoints.read_manifest(zoo.checkpoint_root() / dataset / m_name)["sha256"]
+    a, a_manifest = evals.load(stem, model_sha256=sha)
+    info = a_manifest["info"]
+    x_a, y_a = test.batch(a["indices"])
+    eps_a = [e / 255 for e in info["eps_255"]]
+    assert info["steps"] == steps or steps < info["steps"], "the artifact ran fewer PGD steps than the live attacks"
+    dist = (a["x_adv"] - x_a[None]).flatten(2).abs().amax(2)
+    assert (dist <= torch.tensor(eps_a)[:, None] + 1e-6).all() and 0 <= float(a["x_adv"].min()) <= float(
+        a["x_adv"].max()) <= 1
+    wrong = a["logits_adv"].argmax(2) != y_a[None]
+    assert torch.equal(a["fooled"], a["attacked"] & wrong), f"{m_name}: fooled flags disagree with the logits"
+    curve = attacks.Curve(eps_a, a["correct"], a["fooled"], a["attacked"], a["x_adv"])
+    curves[label, "PGD-Linf"] = curve
+    rows += attacks.curve_rows(label, "PGD-Linf", curve, scale=255)
+    n_of[label] = int(a["correct"].sum())
+    shipped_info[label] = {"model": m_name, "n": len(a["indices"]), **info}
+    print(f"{label}: {n_of[label]} of {len(a['indices'])} seeded test images correct; PGD-Linf at "
+          f"{info['eps_255']}/255, {info['steps']} steps, {info['seconds_per_image']} s of a core per image")
 
 # %% [markdown]
 # The table: success rate (%) ± its binomial standard error, per attack and budget (rows) and model
@@ -113,16 +155,16 @@ def eps_text(attack, eps):
     return f"{frac}/255" if frac.denominator == 1 else f"({frac})/255"
 
 
-n_of = {name: int(curves[name, "FGSM"].correct.sum()) for name in models}
+columns = [*models, *shipped_info]
 wide = []
 for attack in GRIDS:
     for eps in sorted({r["eps"] for r in rows if r["attack"] == attack}):
-        row = {"attack": attack, "eps": eps_text(attack, eps)}
+        row = {"attack": attack, "eps": eps_text(attack, eps), **{name: "—" for name in columns}}
         for r in rows:
             if r["attack"] == attack and r["eps"] == eps:
                 row[r["model"]] = f"{r['success_pct']:.1f} ± {r['se_pct']:.1f}"
         wide.append(row)
-headers = {"attack": "attack", "eps": "ε", **{name: f"{name} (n = {n_of[name]})" for name in models}}
+headers = {"attack": "attack", "eps": "ε", **{name: f"{name} (n = {n_of[name]})" for name in columns}}
 plotting.save_table(wide, "table_adversarial", figures, headers=headers)
 display(Markdown((Path(figures) / "table_adversarial.md").read_text()))
 
@@ -132,6 +174,7 @@ display(Markdown((Path(figures) / "table_adversarial.md").read_text()))
 # %%
 colors = {gc_name(b): plotting.BETA_COLORS.get(b, "#7f7f7f") for b in beta_list}
 colors.update({DC_NAMES.get(d, d): plotting.DC_COLOR for d in dc_list})
+colors.update({label: plotting.DIFFUSION_COLOR for label in shipped_info})
 fig = attacks.plot_success_curves(rows, colors, {"FGSM": "ε (L∞, ×1/255)", "PGD-Linf": "ε (L∞, ×1/255)",
                                                  "PGD-L2": "ε (L2)"})
 plotting.savefig(fig, "fig_adversarial", figures)
@@ -211,7 +254,8 @@ plotting.savefig(fig, "fig_adv_detection", figures)
 
 # %%
 def key(name):
-    return name.replace("GC β=∞", "beta_inf").replace("GC β=", "beta_").replace("ResNet-18 DC", "resnet")
+    return (name.replace("GC β=∞", "beta_inf").replace("GC β=", "beta_").replace("ResNet-18 DC", "resnet")
+            .replace("GC (diffusion)", "diffusion"))
 
 
 def eps_key(attack, eps):
@@ -222,8 +266,11 @@ def eps_key(attack, eps):
 for r in rows:
     glue(f"adv_{r['attack'].lower().replace('-', '_')}_{key(r['model'])}_{eps_key(r['attack'], r['eps'])}",
          f"{r['success_pct']:.1f}", display=False)
-for name in models:
+for name in columns:
     glue(f"adv_n_{key(name)}", n_of[name], display=False)
+for label, info in shipped_info.items():
+    glue(f"adv_shipped_n_{key(label)}", info["n"], display=False)
+    glue(f"adv_shipped_s_per_image_{key(label)}", f"{info['seconds_per_image']:.0f}", display=False)
 glue("adv_n_test", len(x_test), display=False)
 glue("adv_n_val", len(x_val), display=False)
 glue("adv_steps", steps, display=False)

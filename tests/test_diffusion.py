@@ -1,6 +1,7 @@
 """The diffusion classifier's rule: shared noise, the right answer on a denoiser with a known optimum, pruning."""
 
 import csv
+import functools
 import json
 import math
 
@@ -428,3 +429,41 @@ def test_elbo_weighted_scores_weight_each_pair_by_minus_dlambda_dt():
     assert scores.argmax(1).item() == 1 and scores.dtype == torch.float64
     with pytest.raises(gclib.InputError, match=r"\[B, C, N\]"):
         elbo_weighted_scores(errors[:, :, :5], t, schedule, dims=4)
+
+
+def test_the_gradient_through_the_classifier_is_recomputed_batch_by_batch_and_exact(monkeypatch):
+    """The attacks' gradient runs through C x pairs network evaluations: denoising_errors checkpoints each batch
+    (torch.utils.checkpoint), and the gradient equals the one autograd gives when it keeps every activation."""
+    import torch.utils.checkpoint as ckpt
+
+    from gclib import diffusion
+
+    model = _tiny_model().eval()
+    with torch.no_grad():  # a fresh U-Net's output layer starts at zero: give the input something to move
+        for p in model.denoiser.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    x = torch.rand(3, 1, 8, 8)
+    calls = []
+    real = ckpt.checkpoint
+
+    def counting(fn, *args, **kw):
+        calls.append(len(args[0]))
+        return real(fn, *args, **kw)
+
+    def gradient():
+        xx = x.clone().requires_grad_(True)
+        loss = torch.nn.functional.nll_loss(model(xx), torch.tensor([0, 1, 2]))
+        return torch.autograd.grad(loss, xx)[0]
+
+    monkeypatch.setattr(ckpt, "checkpoint", counting)
+    monkeypatch.setattr(diffusion, "denoising_errors", functools.partial(diffusion.denoising_errors, batch_size=16))
+    remat = gradient()
+    assert sum(calls) == 3 * 3 * 8 and max(calls) == 16  # every evaluation, in batches
+    monkeypatch.setattr(ckpt, "checkpoint", lambda fn, *args, **kw: fn(*args))  # keep every activation
+    kept = gradient()
+    assert remat.abs().max() > 0 and torch.allclose(remat, kept, rtol=1e-5, atol=1e-7)
+    calls.clear()
+    with torch.no_grad():  # no gradient wanted: no checkpointing
+        monkeypatch.setattr(ckpt, "checkpoint", counting)
+        model(x)
+    assert calls == []

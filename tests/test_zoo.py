@@ -437,3 +437,42 @@ def test_hsj_artifact_does_not_depend_on_the_worker_count(tmp_path, fashion):
     evals.save(path.with_suffix(""), one, model_sha256=model.manifest["sha256"], inputs={"n": 4}, **record)
     assert any("larger than the attack's start" in p for p in zoo._mismatches(
         zoo.verify("gc-beta-8", DATASET, root=tmp_path, test=fashion[2], subset=True)))
+
+
+def test_pgd_artifact_is_computed_verified_and_does_not_depend_on_the_worker_count(tmp_path, fashion):
+    """evaluate --what attack-pgd: the chapter's PGD-Linf on the seeded subset, chunk c seeded EVAL_SEED + c in
+    one thread, so one process and two workers write the same artifact; verify checks the balls, the fooled
+    flags against the shipped logits, and recomputes a sample of the logits."""
+    from gclib import evals
+
+    folder = tmp_path / DATASET
+    folder.mkdir()
+    for suffix in (".json", ".safetensors"):
+        shutil.copy(zoo.checkpoint_root() / DATASET / f"gc-beta-8{suffix}", folder)
+    model = gclib.load(folder / "gc-beta-8")
+    args = dict(n=6, eps_255=(1, 4), steps=3, batch=3)
+    record, one = zoo.evaluate_pgd(model, fashion[2], progress=False, **args)
+    _, two = zoo.evaluate_pgd(model, fashion[2], progress=False, **args, jobs=2, source=folder / "gc-beta-8",
+                              partial=tmp_path / "partial")
+    assert one.keys() == two.keys() and all(torch.equal(one[k], two[k]) for k in one)
+    assert len(list((tmp_path / "partial").glob("chunk-*.safetensors"))) == 2  # kept for a resumed run
+    assert one["x_adv"].shape == (2, 6, 1, 28, 28) and one["logits_adv"].shape == (2, 6, 10)
+    # budgets from the largest down: an image not fooled at 4/255 is not attacked at 1/255
+    assert not (one["attacked"][0] & ~one["fooled"][1]).any()
+    assert record["correct_clean"] == int(one["correct"].sum()) >= 5
+    assert [r["fooled"] for r in record["success"]] == [int(f.sum()) for f in one["fooled"]]
+    assert record["success"][1]["fooled"] >= 1  # PGD at 4/255 fools this GC (the chapter: most images)
+    with pytest.raises(ConfigError, match="needs source"):
+        zoo.evaluate_pgd(model, fashion[2], **args, jobs=2)
+    path = evals.save(evals.path_of("gc-beta-8", "attack-pgd", DATASET, tmp_path), one,
+                      model_sha256=model.manifest["sha256"], inputs={"n": 6}, **record)
+    g = torch.Generator().manual_seed(0)
+    assert zoo._verify_pgd(model, "gc-beta-8", DATASET, tmp_path, fashion[2], g, 1e-3) == []
+    bad = dict(one, x_adv=(one["x_adv"] + 8 / 255).clamp(0, 1))  # moved out of the ball
+    evals.save(path.with_suffix(""), bad, model_sha256=model.manifest["sha256"], inputs={"n": 6}, **record)
+    assert any("outside its Linf ball" in p for p in zoo._verify_pgd(model, "gc-beta-8", DATASET, tmp_path,
+                                                                     fashion[2], g, 1e-3))
+    bad = dict(one, fooled=torch.zeros_like(one["fooled"]))  # claims no attacked image was fooled
+    evals.save(path.with_suffix(""), bad, model_sha256=model.manifest["sha256"], inputs={"n": 6}, **record)
+    assert any("fooled flags" in p for p in zoo._mismatches(
+        zoo.verify("gc-beta-8", DATASET, root=tmp_path, test=fashion[2], subset=True)))
