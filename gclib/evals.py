@@ -9,8 +9,8 @@ corrupted one, is refused; the tests recompute a random sample of every shipped 
 the model and require the same results (``gclib.zoo`` does this for the diffusion family).
 
 >>> sorted(KINDS)  # doctest: +NORMALIZE_WHITESPACE
-['abs-extra', 'abs-ood', 'abs-test', 'attack-hsj', 'attack-l2', 'attack-pgd', 'certify', 'corrupt',
- 'diffusion-ood', 'errors', 'score', 'test']
+['abs-extra', 'abs-ood', 'abs-test', 'attack-hsj', 'attack-l2', 'attack-pgd', 'attack-transfer', 'certify',
+ 'corrupt', 'diffusion-ood', 'errors', 'score', 'test']
 """
 
 from __future__ import annotations
@@ -49,6 +49,9 @@ KINDS = {
     "attack-pgd": "PGD-Linf (gclib.attacks.success_curve) through the model's logits on the test subset at the "
                   "budgets in the manifest: correct [N] (before the attack), fooled and attacked [E, N], x_adv "
                   "[E, N, C, H, W] and the model's logits on them, logits_adv [E, N, C]",
+    "attack-transfer": "PGD-Linf images crafted on other shipped models (gclib.zoo.transfer_images) for the test "
+                       "subset: x_adv [S, E, N, C, H, W], the sources' logits source_logits [S, E, N, C], and the "
+                       "model's logits on them, logits_adv [S, E, N, C], and on the clean images, logits_clean [N, C]",
     "score": "the score-based reading of a diffusion network (gclib.score, gclib.zoo.SCORE_READING) at the seeded "
              "dequantized test images: scores [N, P, C] (each Hutchinson probe's log p(x|y), nats), predictions [N], "
              "bits_per_dim [N] and its standard error over the probes bits_per_dim_se [N]",

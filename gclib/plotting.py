@@ -41,7 +41,7 @@ _BETA_ORDER = ["0", "1", "2", "4", "8", "16", "32", "inf"]
 BETA_COLORS = dict(zip(_BETA_ORDER, ["#440154", "#46327e", "#365c8d", "#277f8e", "#1fa187", "#4ac16d",
                                      "#a0da39", "#d4a600"]))
 DC_COLOR = "#d62728"
-DIFFUSION_COLOR = "#ff7f0e"  # the diffusion family's GC, beside the IB-INN's viridis β scale
+DIFFUSION_COLOR = "#333333"  # the diffusion family's GC: dark grey, apart from the IB-INN's viridis β scale and the DC's red
 PAPER_COLOR = "#7f7f7f"
 # The paper's L_X is per dimension and its L_Y per image: on ImageNet (3 x 224 x 224 = 150,528 dimensions)
 # beta puts 150,528 / 784 = 192 times more weight per image on the class term than the same beta here.

@@ -1200,15 +1200,21 @@ ATTACK_N, ATTACK_CHECK_N = 10, 2
 # steps, a seeded random start, early stop, budgets from the largest down) on the first PGD_N images of the
 # seeded subset, through the model's full logits (a diffusion classifier: every class on its whole fixed noise
 # bank, 1,000 network evaluations per forward pass; the gradient runs through all of them). Models too costly
-# for the chapter's live runs (about 10 s of a core per image and step for the diffusion classifier) ship it;
+# for the chapter's live runs ship it (the diffusion classifier: about 5 s of a core per image and gradient
+# step in chunks of 4; its artifact took 121 s of a core per image, 40 min of wall time on 2 cores); in
 # chunks of PGD_BATCH images, chunk c with seed EVAL_SEED + c, so that `--jobs K` gives the same artifact.
 # verify recomputes the logits of PGD_CHECK_N random attacked images.
 PGD_N, PGD_BATCH, PGD_CHECK_N = 40, 4, 2
 PGD_EPS_255, PGD_STEPS = (1.0, 4.0, 16.0), 10
+# The kind "attack-transfer": a check against gradient masking that needs no gradient of the model (Carlini et
+# al.'s guidelines): PGD-Linf adversarial images crafted on other shipped models (TRANSFER_SOURCES, all PGD_STEPS
+# steps, no early stop, seed EVAL_SEED + budget index) for the same first PGD_N images, and the model's logits on
+# them. If they fool it more often than its own white-box PGD at the same budget, its gradients mislead.
+TRANSFER_SOURCES, TRANSFER_EPS_255 = ("resnet18", "gc-large-beta-8"), (4.0, 16.0)
 ATTACK_METHODS = {"attack-l2": "fmn", "attack-hsj": "hsj"}
 ATTACK_STEPS = {"fmn": 100, "hsj": 10}
 ATTACK_BATCH = {"fmn": 10, "hsj": 5}
-ROBUSTNESS_KINDS = ("corrupt", "attack-l2", "attack-hsj", "attack-pgd")  # any family's; _verify_artifacts checks them
+ROBUSTNESS_KINDS = ("corrupt", "attack-l2", "attack-hsj", "attack-pgd", "attack-transfer")  # any family's; _verify_artifacts checks them
 EVALUATE_KINDS = (*ROBUSTNESS_KINDS, "score", "diffusion-ood")  # the last two: a diffusion network's only
 
 
@@ -1650,6 +1656,120 @@ def evaluate_pgd(model, test, n: int | None = None, eps_255=PGD_EPS_255, steps: 
     return record, {"indices": index, "labels": y, **t}
 
 
+def _logits_work(model, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """A model's logits of images ``x`` in one thread (``model``: a model or its checkpoint path)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        if isinstance(model, (str, Path)):
+            model = checkpoints.load(model, device="cpu", verify=False).eval()
+        with torch.no_grad():
+            return {"logits": model(x).float()}
+    finally:
+        torch.set_num_threads(threads)
+
+
+def transfer_images(test, sources=TRANSFER_SOURCES, n: int | None = None, eps_255=TRANSFER_EPS_255,
+                    steps: int = PGD_STEPS, dataset: str = "fashion-mnist", root: str | os.PathLike | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The "attack-transfer" artifact's adversarial images: PGD-Linf on each shipped source model (all ``steps``,
+    no early stop, seed ``EVAL_SEED + budget index``, one thread) for the first ``n`` images of the seeded
+    subset; returns ``x_adv`` [S, E, N, C, H, W] and the sources' logits on them [S, E, N, C]."""
+    from .attacks import pgd
+
+    n = min(PGD_N if n is None else n, len(test))
+    x, y = test.batch(_test_index(len(test), n))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        images, logits = [], []
+        for name in sources:
+            src = checkpoints.load(Path(root or checkpoint_root()) / dataset / name, device="cpu", verify=True).eval()
+            adv = [pgd(src, x, y, float(e) / 255, "inf", steps=steps, seed=EVAL_SEED + k, early_stop=False,
+                       batch_size=n).x_adv for k, e in enumerate(eps_255)]
+            images.append(torch.stack(adv))
+            with torch.no_grad():
+                logits.append(torch.stack([src(a).float() for a in adv]))
+        return torch.stack(images), torch.stack(logits)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def evaluate_transfer(model, test, sources=TRANSFER_SOURCES, n: int | None = None, eps_255=TRANSFER_EPS_255,
+                      steps: int = PGD_STEPS, batch: int = PGD_BATCH, jobs: int = 1,
+                      source: str | os.PathLike | None = None, progress: bool = True,
+                      partial: str | os.PathLike | None = None, dataset: str = "fashion-mnist",
+                      root: str | os.PathLike | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The model's logits on the clean images and on :func:`transfer_images`; returns ``(record, tensors)``:
+    ``logits_clean`` [N, C], ``x_adv`` [S, E, N, C, H, W], ``source_logits`` and ``logits_adv`` [S, E, N, C].
+    The model's forward passes run in chunks of ``batch`` images (``jobs``, ``source``, ``partial``: as in
+    :func:`evaluate_pgd`)."""
+    from .attacks import binomial_se
+
+    _check_jobs(jobs, source, "evaluate_transfer")
+    n = min(PGD_N if n is None else n, len(test))
+    index = _test_index(len(test), n)
+    x, y = test.batch(index)
+    x_adv, source_logits = transfer_images(test, sources, n, eps_255, steps, dataset, root)
+    flat = torch.cat([x, x_adv.flatten(0, 2)])  # the clean images, then every (source, budget, image)
+    starts = list(range(0, len(flat), batch))
+    chunks = [(f"{s:06d}", (flat[s:s + batch],), torch.arange(s, min(s + batch, len(flat)))) for s in starts]
+    done, seconds, computed = _map_chunks(_logits_work, model, source, chunks, jobs, partial, progress,
+                                          "transfer images", settings={"what": "logits"})
+    logits = torch.cat([done[f"{s:06d}"]["logits"] for s in starts])
+    clean, adv = logits[:n], logits[n:].view(*x_adv.shape[:3], -1)
+    correct = clean.argmax(1) == y
+    rates = []
+    for i, name in enumerate(sources):
+        for k, e in enumerate(eps_255):
+            src_fooled = source_logits[i, k].argmax(1) != y
+            fooled = correct & (adv[i, k].argmax(1) != y)
+            rate = int(fooled.sum()) / max(int(correct.sum()), 1)
+            rates.append({"source": name, "eps_255": float(e), "source_fooled": int(src_fooled.sum()),
+                          "fooled": int(fooled.sum()), "success": rate,
+                          "success_se": binomial_se(rate, int(correct.sum()))})
+    record = {"n": n, "subset_seed": EVAL_SEED, "sources": list(sources), "eps_255": [float(e) for e in eps_255],
+              "attack": "PGD-Linf on the source (gclib.attacks.pgd)", "steps": steps, "early_stop": False,
+              "random_start": f"uniform in the ball, seed {EVAL_SEED} + budget index", "correct_clean":
+              int(correct.sum()), "success": rates,
+              "seconds_per_image": round(seconds / computed, 1) if computed else None, "jobs": jobs,
+              "torch_threads": 1}
+    return record, {"indices": index, "labels": y, "logits_clean": clean, "x_adv": x_adv,
+                    "source_logits": source_logits, "logits_adv": adv}
+
+
+@torch.no_grad()
+def _verify_transfer(model, name: str, dataset: str, root, test, g: torch.Generator, rtol: float) -> list[str]:
+    """Check a shipped "attack-transfer" artifact: its images are the seeded subset, every adversarial image lies
+    in its Linf ball and in [0, 1], and the sources' and the model's logits on PGD_CHECK_N random ones are the
+    shipped ones (to ``rtol``). The attacks themselves are not rerun: a sign of a near-zero gradient may round
+    the other way on another CPU, and the images are what the model was shown."""
+    from . import evals
+
+    t, art = evals.load(evals.path_of(name, "attack-transfer", dataset, root), model_sha256=model.manifest["sha256"])
+    info = art["info"]
+    problems = _check_subset(t, test, "attack-transfer")
+    x, _ = test.batch(t["indices"])
+    eps = torch.tensor(info["eps_255"], dtype=torch.float64) / 255
+    dist = (t["x_adv"].double() - x.double()).flatten(3).abs().amax(3)  # [S, E, N]
+    if bool((dist > eps[None, :, None] + 1e-6).any()):
+        problems.append("attack-transfer: an adversarial image lies outside its Linf ball")
+    if float(t["x_adv"].min()) < 0 or float(t["x_adv"].max()) > 1:
+        problems.append("attack-transfer: adversarial images outside [0, 1]")
+    s_count, e_count, n = t["x_adv"].shape[:3]
+    picks = torch.randperm(s_count * e_count * n, generator=g)[:PGD_CHECK_N].tolist()
+    for j in picks:
+        i, k, m = j // (e_count * n), (j // n) % e_count, j % n
+        src = checkpoints.load(Path(root or checkpoint_root()) / dataset / info["sources"][i], device="cpu",
+                               verify=True).eval()
+        for who, net, want in (("the source", src, t["source_logits"]), ("the model", model, t["logits_adv"])):
+            got = net(t["x_adv"][i, k, m:m + 1]).float()
+            if not torch.allclose(got, want[i, k, m:m + 1], rtol=rtol, atol=1e-4):
+                problems.append(f"attack-transfer source {i} budget {k} image {m}: {who}'s logits differ by up to "
+                                f"{float((got - want[i, k, m:m + 1]).abs().max()):.3e}")
+    return problems
+
+
 @torch.no_grad()
 def _verify_pgd(model, name: str, dataset: str, root, test, g: torch.Generator, rtol: float) -> list[str]:
     """Check a shipped "attack-pgd" artifact: its images are the seeded subset, every attacked image lies in its
@@ -1707,6 +1827,9 @@ def evaluate_shipped(name: str, what: str = "corrupt", dataset: str = "fashion-m
                                                  partial=partial)
     elif what == "attack-pgd":
         record, tensors = evaluate_pgd(model, test, n=n, jobs=jobs, source=path, progress=progress, partial=partial)
+    elif what == "attack-transfer":
+        record, tensors = evaluate_transfer(model, test, n=n, jobs=jobs, source=path, progress=progress,
+                                            partial=partial, dataset=dataset, root=root)
     else:
         record, tensors = evaluate_attacks(model, test, method=ATTACK_METHODS[what], jobs=jobs, source=path)
     return evals.save(evals.path_of(name, what, dataset, root), tensors, model_sha256=model.manifest["sha256"],
@@ -1775,6 +1898,8 @@ def _verify_artifacts(model, name: str, dataset: str, root, test, g: torch.Gener
             return _verify_corruptions(model, name, dataset, root, test, g, rtol)
         if kind == "attack-pgd":
             return _verify_pgd(model, name, dataset, root, test, g, rtol)
+        if kind == "attack-transfer":
+            return _verify_transfer(model, name, dataset, root, test, g, rtol)
         return _verify_attacks(model, name, dataset, root, test, g, rtol, kind=kind)
 
     def shipped(kind: str) -> bool:
@@ -2160,9 +2285,9 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--jobs", type=int, default=1, help="worker processes for the attacks, the score-based "
                     "reading and diffusion-ood (one thread each); the artifact does not depend on it")
     ev.add_argument("--n", type=int, help=f"score: images of the seeded test subset (default {SCORE_N}); "
-                    f"attack-pgd: (default {PGD_N}); "
+                    f"attack-pgd, attack-transfer: (default {PGD_N}); "
                     f"diffusion-ood: images per OoD set (default {OOD_N})")
-    ev.add_argument("--partial", help="score, diffusion-ood, attack-pgd: a folder keeping finished chunks, so an interrupted "
+    ev.add_argument("--partial", help="score, diffusion-ood, attack-pgd, attack-transfer: a folder keeping finished chunks, so an interrupted "
                     "run resumes")
     v = sub.add_parser("verify", help="recompute the test figures of shipped models and compare")
     v.add_argument("names", nargs="*", help="default: every shipped model")

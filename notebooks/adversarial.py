@@ -35,10 +35,10 @@
 dataset = "fashion-mnist"
 betas = "1,8,32,inf"  # the GCs to attack (inf: the feed-forward twin of the GC)
 dcs = "resnet"  # the feed-forward references
-# Models too costly to attack live (the diffusion classifier: 1,000 network evaluations a forward pass, about 10 s
+# Models too costly to attack live (the diffusion classifier: 1,000 network evaluations a forward pass, about 5 s
 # of a core per image and PGD step): their shipped PGD-Linf artifacts (evals/<model>.attack-pgd, computed by
 # `python -m gclib.zoo evaluate NAME --what attack-pgd`, the same attack on their own subset) join the table and
-# the PGD-Linf panel
+# the PGD-Linf panel, and their attack-transfer artifacts make table_adv_transfer
 shipped = "diffusion-unet32"
 n_test = 500  # test images drawn (the attacks run on those classified correctly)
 n_val = 500  # held-out images that define typical bits/dim for the detectors
@@ -138,9 +138,54 @@ for m_name in shipped_list:
     curves[label, "PGD-Linf"] = curve
     rows += attacks.curve_rows(label, "PGD-Linf", curve, scale=255)
     n_of[label] = int(a["correct"].sum())
-    shipped_info[label] = {"model": m_name, "n": len(a["indices"]), **info}
+    shipped_info[label] = {"model": m_name, "n": len(a["indices"]), "indices": a["indices"], **info}
     print(f"{label}: {n_of[label]} of {len(a['indices'])} seeded test images correct; PGD-Linf at "
           f"{info['eps_255']}/255, {info['steps']} steps, {info['seconds_per_image']} s of a core per image")
+
+# %% [markdown]
+# Gradient masking would make a white-box attack look weak: a model whose gradients mislead PGD still falls to
+# images that need no gradient of it. The shipped `attack-transfer` artifacts hold PGD-$L_\infty$ images crafted
+# on other shipped models (all steps, no early stop) for the same seeded images, and the model's logits on them;
+# a transfer attack that fools the model more often than its own white-box PGD at the same budget would be the
+# sign (`table_adv_transfer`).
+
+# %%
+transfer_rows = []
+for m_name in shipped_list:
+    label = SHIPPED_NAMES.get(m_name, m_name)
+    stem = evals.path_of(m_name, "attack-transfer", dataset)
+    if label not in shipped_info or not stem.with_name(stem.name + ".json").is_file():
+        print(f"{m_name}: no shipped attack-transfer artifact (python -m gclib.zoo evaluate {m_name} "
+              "--what attack-transfer)")
+        continue
+    sha = checkpoints.read_manifest(zoo.checkpoint_root() / dataset / m_name)["sha256"]
+    tr, tr_manifest = evals.load(stem, model_sha256=sha)
+    tr_info = tr_manifest["info"]
+    x_t, y_t = test.batch(tr["indices"])
+    assert torch.equal(tr["indices"], shipped_info[label]["indices"]), "the two artifacts attack other images"
+    correct_t = tr["logits_clean"].argmax(1) == y_t
+    white = curves[label, "PGD-Linf"]
+    assert torch.equal(correct_t, white.correct), "the two artifacts disagree on the clean predictions"
+    for i, src in enumerate(tr_info["sources"]):
+        for k, e in enumerate(tr_info["eps_255"]):
+            assert (tr["x_adv"][i, k] - x_t).abs().max() <= e / 255 + 1e-6
+            fooled = correct_t & (tr["logits_adv"][i, k].argmax(1) != y_t)
+            rate, n_t, se = attacks.success_rate(correct_t, fooled)
+            src_rate = float((tr["source_logits"][i, k].argmax(1) != y_t).double().mean())
+            w = white.epsilons.index(e / 255) if e / 255 in white.epsilons else None
+            w_rate = white.rate(w) if w is not None else None
+            transfer_rows.append({"model": label, "source": src, "eps": f"{e:g}/255", "n": n_t,
+                                  "source_fooled_pct": round(100 * src_rate, 1),
+                                  "transfer_pct": round(100 * rate, 1), "transfer_se": round(100 * se, 1),
+                                  "white_box_pct": "—" if w_rate is None else round(100 * w_rate[0], 1),
+                                  "white_box_se": "—" if w_rate is None else round(100 * w_rate[2], 1)})
+if transfer_rows:
+    plotting.save_table(transfer_rows, "table_adv_transfer", figures, headers={
+        "model": "model", "source": "crafted on", "eps": "ε", "n": "n",
+        "source_fooled_pct": f"fools the source (% of all {len(tr['indices'])} images)",
+        "transfer_pct": "transfer success (%)",
+        "transfer_se": "SE", "white_box_pct": "its own PGD (%)", "white_box_se": "SE "})
+    display(Markdown((Path(figures) / "table_adv_transfer.md").read_text()))
 
 # %% [markdown]
 # The table: success rate (%) ± its binomial standard error, per attack and budget (rows) and model
@@ -268,6 +313,10 @@ for r in rows:
          f"{r['success_pct']:.1f}", display=False)
 for name in columns:
     glue(f"adv_n_{key(name)}", n_of[name], display=False)
+for r in transfer_rows:
+    k = f"adv_transfer_{key(r['model'])}_{r['source'].replace('-', '_')}_{r['eps'].replace('/', '_')}"
+    glue(k, f"{r['transfer_pct']:.1f}", display=False)
+    glue(f"{k}_source", f"{r['source_fooled_pct']:.1f}", display=False)
 for label, info in shipped_info.items():
     glue(f"adv_shipped_n_{key(label)}", info["n"], display=False)
     glue(f"adv_shipped_s_per_image_{key(label)}", f"{info['seconds_per_image']:.0f}", display=False)

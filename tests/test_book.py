@@ -22,7 +22,7 @@ BUILT_IDS = ["table_models", "fig_beta_tradeoff", "fig_training_curves", "table_
              "table_both_or_neither", "fig_prototypes", "fig_counterfactuals", "fig_latent_space", "fig_evidence",
              "table_latent", "table_counterfactuals",
              "fig_corruptions", "table_corruptions", "fig_heatmaps", "table_faithfulness",
-             "fig_adversarial", "table_adversarial", "fig_adv_detection", "table_adv_detection",
+             "fig_adversarial", "table_adversarial", "fig_adv_detection", "table_adv_detection", "table_adv_transfer",
              "fig_shape_bias", "table_shape_bias", "fig_frequency", "table_frequency", "fig_distortions",
              "table_distortions", "fig_error_consistency", "table_error_consistency",
              "fig_model_strength", "table_model_strength"]

@@ -476,3 +476,42 @@ def test_pgd_artifact_is_computed_verified_and_does_not_depend_on_the_worker_cou
     evals.save(path.with_suffix(""), bad, model_sha256=model.manifest["sha256"], inputs={"n": 6}, **record)
     assert any("fooled flags" in p for p in zoo._mismatches(
         zoo.verify("gc-beta-8", DATASET, root=tmp_path, test=fashion[2], subset=True)))
+
+
+def test_transfer_artifact_reads_the_sources_attacks_and_is_verified(tmp_path, fashion):
+    """evaluate --what attack-transfer: PGD images crafted on other shipped models, the model's logits on them
+    (chunked like every artifact: one process or two workers give the same); verify recomputes the sources'
+    images and a sample of the logits."""
+    from gclib import evals
+
+    folder = tmp_path / DATASET
+    folder.mkdir()
+    for name in ("gc-beta-8", "resnet18"):
+        for suffix in (".json", ".safetensors"):
+            shutil.copy(zoo.checkpoint_root() / DATASET / f"{name}{suffix}", folder)
+    model = gclib.load(folder / "gc-beta-8")
+    args = dict(sources=("resnet18",), n=4, eps_255=(16,), steps=2, batch=3, dataset=DATASET, root=tmp_path)
+    record, one = zoo.evaluate_transfer(model, fashion[2], progress=False, **args)
+    _, two = zoo.evaluate_transfer(model, fashion[2], progress=False, jobs=2, source=folder / "gc-beta-8", **args)
+    assert one.keys() == two.keys() and all(torch.equal(one[k], two[k]) for k in one)
+    assert one["x_adv"].shape == (1, 1, 4, 1, 28, 28) and one["logits_adv"].shape == (1, 1, 4, 10)
+    x, y = fashion[2].batch(one["indices"])
+    assert (one["x_adv"] - x).abs().max() <= 16 / 255 + 1e-6 and (one["x_adv"] != x).any()
+    assert torch.allclose(one["logits_clean"], model(x).float(), atol=1e-4)
+    row = record["success"][0]
+    assert row["source"] == "resnet18" and row["fooled"] == int(((one["logits_adv"][0, 0].argmax(1) != y)
+                                                                  & (one["logits_clean"].argmax(1) == y)).sum())
+    path = evals.save(evals.path_of("gc-beta-8", "attack-transfer", DATASET, tmp_path), one,
+                      model_sha256=model.manifest["sha256"], inputs={"n": 4}, **record)
+    g = torch.Generator().manual_seed(0)
+    assert zoo._verify_transfer(model, "gc-beta-8", DATASET, tmp_path, fashion[2], g, 1e-3) == []
+    bad = dict(one, x_adv=one["x_adv"].flip(2))  # the images of other indices
+    evals.save(path.with_suffix(""), bad, model_sha256=model.manifest["sha256"], inputs={"n": 4}, **record)
+    assert any("outside its Linf ball" in p for p in zoo._verify_transfer(model, "gc-beta-8", DATASET, tmp_path,
+                                                                          fashion[2], g, 1e-3))
+    bad = dict(one, source_logits=one["source_logits"] + 1.0)  # the source did not say this
+    evals.save(path.with_suffix(""), bad, model_sha256=model.manifest["sha256"], inputs={"n": 4}, **record)
+    assert any("the source's logits differ" in p for p in zoo._mismatches(
+        zoo.verify("gc-beta-8", DATASET, root=tmp_path, test=fashion[2], subset=True)))
+    x_again, _ = zoo.transfer_images(fashion[2], ("resnet18",), 4, (16,), 2, DATASET, tmp_path)
+    assert torch.equal(x_again, one["x_adv"])  # the sources' PGD, deterministic on one machine
