@@ -1201,7 +1201,7 @@ ATTACK_N, ATTACK_CHECK_N = 10, 2
 # seeded subset, through the model's full logits (a diffusion classifier: every class on its whole fixed noise
 # bank, 1,000 network evaluations per forward pass; the gradient runs through all of them). Models too costly
 # for the chapter's live runs ship it (the diffusion classifier: about 5 s of a core per image and gradient
-# step in chunks of 4; its artifact took 121 s of a core per image, 40 min of wall time on 2 cores); in
+# step in chunks of 4; its artifact took 121 s of a core per image, 36 min of wall time on 2 cores); in
 # chunks of PGD_BATCH images, chunk c with seed EVAL_SEED + c, so that `--jobs K` gives the same artifact.
 # verify recomputes the logits of PGD_CHECK_N random attacked images.
 PGD_N, PGD_BATCH, PGD_CHECK_N = 40, 4, 2
@@ -1214,7 +1214,8 @@ TRANSFER_SOURCES, TRANSFER_EPS_255 = ("resnet18", "gc-large-beta-8"), (4.0, 16.0
 ATTACK_METHODS = {"attack-l2": "fmn", "attack-hsj": "hsj"}
 ATTACK_STEPS = {"fmn": 100, "hsj": 10}
 ATTACK_BATCH = {"fmn": 10, "hsj": 5}
-ROBUSTNESS_KINDS = ("corrupt", "attack-l2", "attack-hsj", "attack-pgd", "attack-transfer")  # any family's; _verify_artifacts checks them
+# any family's; _verify_artifacts checks them
+ROBUSTNESS_KINDS = ("corrupt", "attack-l2", "attack-hsj", "attack-pgd", "attack-transfer")
 EVALUATE_KINDS = (*ROBUSTNESS_KINDS, "score", "diffusion-ood")  # the last two: a diffusion network's only
 
 
