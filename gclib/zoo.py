@@ -20,6 +20,7 @@ arguments it was trained with, so ``python -m gclib.zoo train NAME`` retrains it
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import math
@@ -1227,21 +1228,28 @@ def score_reading(model):
     return ScoreClassifier.from_diffusion(model, **SCORE_READING).eval()
 
 
+@contextlib.contextmanager
+def _one_thread(model):
+    """Compute in one thread, as every chunk of an artifact is (so that worker processes give the same results),
+    with ``model`` itself or, in a worker process, the copy loaded from its checkpoint path."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        if isinstance(model, (str, Path)):
+            model = checkpoints.load(model, device="cpu", verify=False).eval()
+        yield model
+    finally:
+        torch.set_num_threads(threads)
+
+
 def score_images(model, x: torch.Tensor) -> torch.Tensor:
     """The zoo's score-based reading of images ``x`` [B, C, H, W] in [0, 1]: each probe's class log-likelihoods
     [B, P, C] (nats, float64) at the seeded evaluation point, computed in one thread as the ``score`` artifact's
     chunks are (``model``: a diffusion classifier, or its checkpoint path, as in a worker process)."""
     from .model import evaluation_point
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        if isinstance(model, (str, Path)):
-            model = checkpoints.load(model, device="cpu", verify=False).eval()
-        with torch.no_grad():
-            return score_reading(model).class_scores_per_probe(evaluation_point(x, "seeded", EVAL_SEED)).double()
-    finally:
-        torch.set_num_threads(threads)
+    with _one_thread(model) as model, torch.no_grad():
+        return score_reading(model).class_scores_per_probe(evaluation_point(x, "seeded", EVAL_SEED)).double()
 
 
 def _chunk_fingerprint(work, model, settings: dict | None, args: tuple) -> str:
@@ -1366,11 +1374,7 @@ def ood_images(model, x: torch.Tensor, parts: str = "all", elbo_pairs: int | Non
 
     if parts not in ("all", "elbo"):
         raise ConfigError(f"parts must be 'all' or 'elbo', got {parts!r}")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        if isinstance(model, (str, Path)):
-            model = checkpoints.load(model, device="cpu", verify=False).eval()
+    with _one_thread(model) as model:
         point = evaluation_point(x, "seeded", EVAL_SEED)
         with torch.no_grad():
             elbo, se = model.elbo(point, pairs=OOD_ELBO_PAIRS if elbo_pairs is None else elbo_pairs)
@@ -1380,8 +1384,6 @@ def ood_images(model, x: torch.Tensor, parts: str = "all", elbo_pairs: int | Non
         if parts == "all":
             out["ode"] = score_images(model, x)
         return out
-    finally:
-        torch.set_num_threads(threads)
 
 
 def ood_sets(n: int = OOD_N, shape=(1, 28, 28)) -> dict[str, torch.Tensor]:
@@ -1603,18 +1605,12 @@ def _pgd_work(model, x: torch.Tensor, y: torch.Tensor, epsilons: tuple, steps: i
     worker process)."""
     from .attacks import success_curve
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        if isinstance(model, (str, Path)):
-            model = checkpoints.load(model, device="cpu", verify=False).eval()
+    with _one_thread(model) as model:
         c = success_curve(model, x, y, list(epsilons), "pgd", "inf", steps=steps, seed=seed, batch_size=len(x))
         with torch.no_grad():
             logits = torch.stack([model(c.x_adv[e]).float() for e in range(len(epsilons))])
-        return {"correct": c.correct, "fooled": c.fooled, "attacked": c.attacked, "x_adv": c.x_adv.float(),
-                "logits_adv": logits}
-    finally:
-        torch.set_num_threads(threads)
+    return {"correct": c.correct, "fooled": c.fooled, "attacked": c.attacked, "x_adv": c.x_adv.float(),
+            "logits_adv": logits}
 
 
 def evaluate_pgd(model, test, n: int | None = None, eps_255=PGD_EPS_255, steps: int = PGD_STEPS,
@@ -1659,15 +1655,8 @@ def evaluate_pgd(model, test, n: int | None = None, eps_255=PGD_EPS_255, steps: 
 
 def _logits_work(model, x: torch.Tensor) -> dict[str, torch.Tensor]:
     """A model's logits of images ``x`` in one thread (``model``: a model or its checkpoint path)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        if isinstance(model, (str, Path)):
-            model = checkpoints.load(model, device="cpu", verify=False).eval()
-        with torch.no_grad():
-            return {"logits": model(x).float()}
-    finally:
-        torch.set_num_threads(threads)
+    with _one_thread(model) as model, torch.no_grad():
+        return {"logits": model(x).float()}
 
 
 def transfer_images(test, sources=TRANSFER_SOURCES, n: int | None = None, eps_255=TRANSFER_EPS_255,
