@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -218,8 +219,9 @@ def run_notebooks(params: str = "paper", executed: str | os.PathLike | None = No
     last = _read_timings(timings_path)
     jobs = min(jobs, len(prepared)) or 1
     threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
-    if jobs > 1:  # longest first (longest-processing-time scheduling), unknown ones first of all
-        order = sorted(range(len(prepared)), key=lambda i: -last.get(prepared[i][0]["name"], {}).get("seconds", 1e9))
+    if jobs > 1:
+        # this machine's last timings where it has them, the shipped ones (a fresh checkout) otherwise
+        order = longest_first([run["name"] for run, *_ in prepared], {**shipped_timings(params), **last})
         log(f"{len(prepared)} runs, {jobs} at a time, {threads} thread(s) each")
     else:
         order = list(range(len(prepared)))
@@ -296,6 +298,24 @@ def run_notebooks(params: str = "paper", executed: str | os.PathLike | None = No
     log(f"{len(timings)} notebooks in {time.perf_counter() - wall:.0f} s wall ({sum(t['seconds'] for t in timings):.0f} s "
         f"of notebook time, {jobs} at a time; parameter set {params!r})")
     return timings
+
+
+def shipped_timings(params: str) -> dict[str, dict]:
+    """``{run name: entry}`` of ``notebooks/timings-<params>.json``: a full run's timings kept in git.
+
+    A fresh checkout has no ``book/executed/timings-<params>.json`` to schedule by; without an order the
+    notebooks ran in the file's order (the paper set: 885 s of wall time at two at a time, against 792 s
+    longest first). Refresh the file by copying ``book/executed/timings-<params>.json`` after a full run.
+    """
+    return _read_timings(REPO / "notebooks" / f"timings-{params}.json")
+
+
+def longest_first(names: list[str], timings: dict[str, dict]) -> list[int]:
+    """Indices of ``names`` longest first by ``timings`` (longest-processing-time scheduling).
+
+    Runs without a timing come first of all (they may be long); ties keep the given order.
+    """
+    return sorted(range(len(names)), key=lambda i: -timings.get(names[i], {}).get("seconds", math.inf))
 
 
 def _read_timings(path: Path) -> dict[str, dict]:

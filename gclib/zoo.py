@@ -1252,10 +1252,11 @@ def score_images(model, x: torch.Tensor) -> torch.Tensor:
         return score_reading(model).class_scores_per_probe(evaluation_point(x, "seeded", EVAL_SEED)).double()
 
 
-def _chunk_fingerprint(work, model, settings: dict | None, args: tuple) -> str:
-    """What a chunk's result depends on, hashed: the work function, the model's weights and buffers, the
-    caller's settings and the chunk's arguments (images included). A kept chunk is reused only when this
-    matches, so a ``--partial`` folder left by another model, setting or code path is never read as this one."""
+def _chunk_fingerprints(work, model, settings: dict | None, chunks: list[tuple[str, tuple, torch.Tensor]]) -> dict:
+    """``{key: fingerprint}``: what each chunk's result depends on, hashed: the work function, the model's weights
+    and buffers, the caller's settings and the chunk's arguments (images included). A kept chunk is reused only
+    when this matches, so a ``--partial`` folder left by another model, setting or code path is never read as
+    this one. The model is hashed once and the hash state copied for each chunk."""
     import hashlib
 
     h = hashlib.sha256(f"{work.__module__}.{work.__qualname__}".encode())
@@ -1263,6 +1264,11 @@ def _chunk_fingerprint(work, model, settings: dict | None, args: tuple) -> str:
     for name, t in sorted(model.state_dict().items()):
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return {key: _args_fingerprint(h.copy(), args) for key, args, _ in chunks}
+
+
+def _args_fingerprint(h, args: tuple) -> str:
+    """``h`` (a hash state of its own) updated with one chunk's arguments, as 16 hex digits."""
     for a in args:
         if isinstance(a, torch.Tensor):
             h.update(str((a.dtype, tuple(a.shape))).encode())
@@ -1281,7 +1287,7 @@ def _map_chunks(work, model, source, chunks: list[tuple[str, tuple, torch.Tensor
     checkpoint path) instead of the model; ``work`` must then be a module-level function that loads it and
     computes in one thread, so the result does not depend on ``jobs``. ``partial``: a folder where every
     finished chunk is kept as ``chunk-<key>-<fingerprint>.safetensors`` (with its ``indices``) and found again
-    when the run is repeated after an interruption; the fingerprint (:func:`_chunk_fingerprint`) covers the
+    when the run is repeated after an interruption; the fingerprint (:func:`_chunk_fingerprints`) covers the
     model's weights, ``settings`` and the chunk's inputs, so a chunk computed otherwise is recomputed, not
     reused. Returns ``(results by key, seconds of the computed chunks x workers, images computed)``.
     """
@@ -1298,8 +1304,8 @@ def _map_chunks(work, model, source, chunks: list[tuple[str, tuple, torch.Tensor
         from safetensors.torch import load_file
 
         folder.mkdir(parents=True, exist_ok=True)
-        files = {key: folder / f"chunk-{key}-{_chunk_fingerprint(work, model, settings, args)}.safetensors"
-                 for key, args, _ in chunks}
+        files = {key: folder / f"chunk-{key}-{fp}.safetensors"
+                 for key, fp in _chunk_fingerprints(work, model, settings, chunks).items()}
         for key, _, index in chunks:
             f = files[key]
             if f.is_file():

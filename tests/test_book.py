@@ -44,6 +44,19 @@ def test_every_notebook_is_in_both_parameter_sets():
         assert {r["notebook"] for r in book.runs(name)} == sources, name
 
 
+def test_a_fresh_checkout_schedules_the_paper_set_longest_first_by_the_shipped_timings():
+    shipped = book.shipped_timings("paper")
+    names = [r["name"] for r in book.runs("paper")]
+    assert set(shipped) == set(names)  # refresh notebooks/timings-paper.json when the parameter set changes
+    order = [names[i] for i in book.longest_first(names, shipped)]
+    seconds = [shipped[n]["seconds"] for n in order]
+    assert seconds == sorted(seconds, reverse=True) and order[0] != names[0]
+    # runs without a timing first, ties in the given order
+    assert book.longest_first(["a", "b", "c", "d"], {"a": {"seconds": 5}, "b": {"seconds": 9}, "d": {"seconds": 5}}) \
+        == [2, 1, 0, 3]
+    assert book.shipped_timings("nope") == {}
+
+
 def test_unknown_parameter_set_and_parameter_are_clear_errors(tmp_path):
     with pytest.raises(BookError, match="unknown parameter set 'nope'.*paper"):
         book.runs("nope")
