@@ -78,34 +78,65 @@ def _ready(pending: list, done: set, selected: set) -> list:
     return [e for e in pending if all(d in done or d not in selected for d in dependencies(e))]
 
 
+def _schedule(chosen: list, estimate: dict, jobs: int, start, next_done) -> tuple[set, int]:
+    """The one scheduling loop of :func:`plan` (simulated) and :func:`retrain` (real).
+
+    Starts ``chosen`` ``jobs`` at a time, each after the selected models it is warm-started from, the longest
+    first; ``start(entry)`` starts one, ``next_done()`` waits for a started one to end and returns
+    ``(entry, exit status)``. A failure starts no other model and lets the started ones end. Returns the names
+    that ended with status 0 and the first failure's status (0 if none).
+    """
+    selected = {e.name for e in chosen}
+    pending, done, running, failure = list(chosen), set(), 0, 0
+    while pending or running:
+        ready = [] if failure else _ready(pending, done, selected)
+        while ready and running < jobs:
+            e = _next(ready, estimate)
+            ready.remove(e)
+            pending.remove(e)
+            start(e)
+            running += 1
+        if not running:
+            if failure:
+                break
+            raise ConfigError(f"the zoo's warm starts form a cycle among {', '.join(e.name for e in pending)}")
+        e, rc = next_done()
+        running -= 1
+        if rc:
+            failure = failure or rc
+        else:
+            done.add(e.name)
+    return done, failure
+
+
 def plan(dataset: str = "fashion-mnist", names=None, jobs: int = 1, root=None) -> dict:
     """The schedule :func:`retrain` follows, simulated with the shipped models' measured training times.
 
     Returns ``{"jobs", "rows": [{"name", "start_s", "end_s", "depends_on"}], "wall_s", "core_s", "unknown"}``
     (``unknown``: models without a measured time, counted as 0 s).
     """
+    import heapq
+
     if jobs < 1:
         raise ConfigError(f"jobs must be >= 1, got {jobs}")
     chosen = _selected(dataset, names)
     estimate = {e.name: estimated_seconds(e, root) for e in chosen}
     selected = {e.name for e in chosen}
-    pending, done, running, rows, clock = list(chosen), set(), [], [], 0.0
-    while pending or running:
-        ready = _ready(pending, done, selected)
-        while ready and len(running) < jobs:
-            e = _next(ready, estimate)
-            ready.remove(e)
-            pending.remove(e)
-            end = clock + (estimate[e.name] or 0.0)
-            running.append((end, e.name))
-            rows.append({"name": e.name, "start_s": round(clock, 1), "end_s": round(end, 1),
-                         "depends_on": [d for d in dependencies(e) if d in selected]})
-        if not running:
-            raise ConfigError(f"the zoo's warm starts form a cycle among {', '.join(e.name for e in pending)}")
-        running.sort()
-        clock, name = running.pop(0)
-        done.add(name)
-    return {"jobs": jobs, "rows": rows, "wall_s": round(clock, 1),
+    by_name = {e.name: e for e in chosen}
+    clock, ends, rows = [0.0], [], []
+
+    def start(e) -> None:
+        end = clock[0] + (estimate[e.name] or 0.0)
+        heapq.heappush(ends, (end, e.name))
+        rows.append({"name": e.name, "start_s": round(clock[0], 1), "end_s": round(end, 1),
+                     "depends_on": [d for d in dependencies(e) if d in selected]})
+
+    def next_done() -> tuple[object, int]:
+        clock[0], name = heapq.heappop(ends)
+        return by_name[name], 0
+
+    _schedule(chosen, estimate, jobs, start, next_done)
+    return {"jobs": jobs, "rows": rows, "wall_s": round(clock[0], 1),
             "core_s": round(sum(v or 0.0 for v in estimate.values()), 1),
             "unknown": sorted(n for n, v in estimate.items() if v is None)}
 
@@ -136,39 +167,34 @@ def retrain(dataset: str = "fashion-mnist", names=None, jobs: int = 1, runs: str
         raise ConfigError(f"jobs must be >= 1, got {jobs}")
     chosen = _selected(dataset, names)
     estimate = {e.name: estimated_seconds(e) for e in chosen}
-    selected = {e.name for e in chosen}
     runs = Path(runs)
     env = dict(os.environ)
     if jobs > 1:
         env.update({v: str(max(1, (os.cpu_count() or 1) // jobs)) for v in THREAD_VARS})
-    pending, done, timings, failure = list(chosen), set(), {}, 0
+    timings, started = {}, [0]
     wall = time.perf_counter()
     with ThreadPoolExecutor(jobs) as pool:  # threads only wait for the training processes
         running = {}
-        while pending or running:
-            ready = [] if failure else _ready(pending, done, selected)
-            while ready and len(running) < jobs:
-                e = _next(ready, estimate)
-                ready.remove(e)
-                pending.remove(e)
-                log(f"start {e.name} ({len(done) + len(running) + 1}/{len(chosen)}): log {runs / 'logs' / e.name}.log")
-                running[pool.submit(_run_one, e, runs / e.name, env, runs / "logs" / f"{e.name}.log")] = e
-            if not running:
-                if failure:
-                    break
-                raise ConfigError(f"the zoo's warm starts form a cycle among {', '.join(e.name for e in pending)}")
+
+        def start(e) -> None:
+            started[0] += 1
+            log(f"start {e.name} ({started[0]}/{len(chosen)}): log {runs / 'logs' / e.name}.log")
+            running[pool.submit(_run_one, e, runs / e.name, env, runs / "logs" / f"{e.name}.log")] = e
+
+        def next_done() -> tuple[object, int]:
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
-            for f in finished:
-                e = running.pop(f)
-                rc, seconds = f.result()
-                timings[e.name] = {"seconds": round(seconds, 1), "rc": rc}
-                if rc:
-                    failure = failure or rc
-                    log(f"FAILED {e.name} (exit status {rc}) after {seconds:.0f} s: see {runs / 'logs' / e.name}.log; "
-                        "no further model starts")
-                else:
-                    done.add(e.name)
-                    log(f"done {e.name} in {seconds:.0f} s")
+            f = next(iter(finished))
+            e = running.pop(f)
+            rc, seconds = f.result()
+            timings[e.name] = {"seconds": round(seconds, 1), "rc": rc}
+            if rc:
+                log(f"FAILED {e.name} (exit status {rc}) after {seconds:.0f} s: see {runs / 'logs' / e.name}.log; "
+                    "no further model starts")
+            else:
+                log(f"done {e.name} in {seconds:.0f} s")
+            return e, rc
+
+        done, failure = _schedule(chosen, estimate, jobs, start, next_done)
     record = {"dataset": dataset, "jobs": jobs, "wall_s": round(time.perf_counter() - wall, 1), "models": timings}
     runs.mkdir(parents=True, exist_ok=True)
     (runs / "retrain-timings.json").write_text(json.dumps(record, indent=1) + "\n")

@@ -84,3 +84,17 @@ def test_the_cli_prints_the_plan_and_trains_nothing(capsys, monkeypatch):
     assert not zoo.main(["retrain", "--plan", "--jobs", "2", "gc-large-beta-1", "gc-large-beta-8"])
     out = capsys.readouterr().out
     assert "gc-large-beta-8  (after gc-large-beta-1)" in out and "2 models, 2 at a time" in out
+
+
+def test_the_scheduler_lets_started_models_end_after_a_failure_and_starts_no_other():
+    chosen = [zoo.entry(DATASET, n) for n in ("gc-beta-1", "gc-large-beta-8", "gc-beta-8", "gc-large-beta-1")]
+    estimate = {"gc-large-beta-1": 100.0, "gc-beta-8": 50.0, "gc-beta-1": 10.0, "gc-large-beta-8": 500.0}
+    started, ends = [], [("gc-beta-8", 3), ("gc-large-beta-1", 0)]  # the shorter one fails first
+
+    def next_done():
+        name, rc = ends.pop(0)
+        return zoo.entry(DATASET, name), rc
+
+    done, failure = retrain._schedule(chosen, estimate, 2, lambda e: started.append(e.name), next_done)
+    # the fine-tune waits for its base despite the longest estimate; nothing starts after the failure
+    assert started == ["gc-large-beta-1", "gc-beta-8"] and done == {"gc-large-beta-1"} and failure == 3 and not ends
