@@ -40,20 +40,16 @@ def estimated_seconds(entry, root=None) -> float | None:
     """Training seconds of ``entry``'s shipped model (its manifest's ``wall_time_s``, with those of its own earlier
     stages), or None if it is not shipped or did not record them. Evaluation at publish is not included."""
     from . import checkpoints
-    from .zoo import checkpoint_root
+    from .zoo import checkpoint_root, own_training
 
     path = Path(root or checkpoint_root()) / entry.dataset / entry.name
     try:
         info = checkpoints.read_manifest(path)["info"]
     except Exception:  # noqa: BLE001 - not shipped, or unreadable: no estimate
         return None
-    seconds, node = info.get("wall_time_s"), info.get("init_from")
-    if seconds is None:
+    if info.get("wall_time_s") is None:
         return None
-    while node and node.get("zoo_name") == entry.name:  # an earlier stage of this entry (not another model)
-        seconds += node.get("wall_time_s") or 0.0
-        node = node.get("init_from")
-    return float(seconds)
+    return float(own_training(info, entry.name)["wall_time_s"])  # with its own earlier stages, not a warm start
 
 
 def _selected(dataset: str, names) -> list:

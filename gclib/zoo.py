@@ -82,9 +82,9 @@ LARGE_BETAS: tuple[str, ...] = ("0", "1")  # the large config's models trained f
 # lineage (info.init_from). The paper's ImageNet betas 1, 8 and 32 correspond to 192, 1536 and 6144 here.
 FINETUNED_BETAS: tuple[str, ...] = ("4", "8", "32", "192", "1536", "6144", "inf")
 FINETUNE_FROM = "gc-large-beta-1"
-# Trained longer than the rest (issue 14's targets are on these two): beta = 0 in three stages (its own entry
-# below); beta = inf 8 epochs from gc-large-beta-1 instead of 2, shipped as a twin (gc-large-beta-inf-long),
-# so that the sweep's fine-tunes still compare at 2 epochs each.
+# Trained longer than the rest (issue 14's targets are on these two): beta = 0 in four stages (its own entry
+# below); beta = inf 20 epochs in two stages from gc-large-beta-1 instead of 2, shipped as a twin
+# (gc-large-beta-inf-long), so that the sweep's fine-tunes still compare at 2 epochs each.
 # Stored with float16 trainable weights (storage_copy: half the file, float32 invertibility kept), to fit the
 # checkpoint budget: all but gc-large-beta-8 (its shipped attack artifacts name its float32 weights). Those
 # shipped in float32 before were converted (`python -m gclib.zoo convert`; info.converted_from keeps the
@@ -198,19 +198,25 @@ def _fashion_mnist() -> list[ZooEntry]:
     # The strong candidates (issue 14): fashion-mnist-large without its Gaussian input noise, which cost
     # 0.9 bits/dim in the recipe ablation (table_recipe_ablation). 10 epochs, one process per CPU core:
     # about 100 minutes each on the 2-core machine with a second run beside it.
-    # beta = 0, the density model: 10 epochs from scratch, then continued twice with a fresh one-cycle schedule
-    # (peak lr 1e-3), 6 and 8 epochs (the third stage started from the second's shipped float16-stored weights).
+    # beta = 0, the density model: 10 epochs from scratch, then continued three times with a fresh one-cycle
+    # schedule: 6 and 8 epochs at peak lr 1e-3, then 14 at 5e-4 (each later stage started from the one before's
+    # shipped float16-stored weights).
     continued = ("--input-noise", "0", "--lr", "1e-3")
-    out.append(ZooEntry("fashion-mnist", "gc-large-beta-0", "gc", "0", 0, 8, continued, config="fashion-mnist-large",
-                        dtype=LARGE_DTYPE["0"], earlier_stages=((10, ("--input-noise", "0")), (6, continued))))
+    out.append(ZooEntry("fashion-mnist", "gc-large-beta-0", "gc", "0", 0, 14,
+                        ("--input-noise", "0", "--lr", "5e-4"), config="fashion-mnist-large", dtype=LARGE_DTYPE["0"],
+                        earlier_stages=((10, ("--input-noise", "0")), (6, continued), (8, continued))))
     out.append(ZooEntry("fashion-mnist", "gc-large-beta-1", "gc", "1", 0, 10, ("--input-noise", "0"),
                         config="fashion-mnist-large", dtype=LARGE_DTYPE["1"]))
     out += [ZooEntry("fashion-mnist", f"gc-large-beta-{b}", "gc", b, 0, 2,
                      ("--input-noise", "0", "--lr", "1e-3", "--init-from", f"checkpoints/fashion-mnist/{FINETUNE_FROM}"),
                      config="fashion-mnist-large", dtype=LARGE_DTYPE.get(b, "float32")) for b in FINETUNED_BETAS]
-    out.append(ZooEntry("fashion-mnist", "gc-large-beta-inf-long", "gc", "inf", 0, 8,
-                        ("--input-noise", "0", "--lr", "1e-3", "--init-from", f"checkpoints/fashion-mnist/{FINETUNE_FROM}"),
-                        config="fashion-mnist-large", dtype="float16", twin_of="gc-large-beta-inf"))
+    # The longer-trained beta = inf twin: 8 epochs from the beta = 1 model (peak lr 1e-3), then 12 more from
+    # those (peak 5e-4), as beta = 0 was continued.
+    out.append(ZooEntry("fashion-mnist", "gc-large-beta-inf-long", "gc", "inf", 0, 12,
+                        ("--input-noise", "0", "--lr", "5e-4"), config="fashion-mnist-large", dtype="float16",
+                        twin_of="gc-large-beta-inf", earlier_stages=((8, (
+                            "--input-noise", "0", "--lr", "1e-3",
+                            "--init-from", f"checkpoints/fashion-mnist/{FINETUNE_FROM}")),)))
     # The diffusion classifier (issue 15): a TinyUNet (width 32, 0.38 M parameters) trained from scratch
     # with DDPM's epsilon loss, no class dropout (the classifier only uses conditional scores), Adam 1e-3
     # and an EMA of the weights; 10 epochs on one CPU core. Pruning: all 10 classes on 10 pairs, the best
@@ -2061,6 +2067,7 @@ def model_rows(dataset: str = "fashion-mnist", root: str | os.PathLike | None = 
             "dtype": manifest.get("dtype"),
             "history": info.get("history", []),
             "init_from": (info.get("init_from") or {}).get("zoo_name") or (info.get("init_from") or {}).get("path"),
+            "own_training": own_training(info, name),
             **_lineage_totals(info),
         })
     rows += _score_rows(dataset, root, rows)
@@ -2086,6 +2093,29 @@ def _score_rows(dataset: str, root, rows: list[dict]) -> list[dict]:
                     "evaluations_per_image": rec["evaluations_per_image"],
                     "ms_per_image": round(1000 * rec["seconds_per_image"]) if rec.get("seconds_per_image") else None})
     return out
+
+
+def own_training(info: dict, name: str) -> dict:
+    """What zoo model ``name`` trained itself: ``{"epochs", "wall_time_s", "stages", "init_from"}`` summed over its
+    manifest's ``info`` and its own earlier stages (the lineage's levels named ``name``), ``init_from`` the zoo
+    model (or path) it was warm-started from, None for a model trained from scratch."""
+    epochs, seconds, stages, node = info.get("epochs") or 0, info.get("wall_time_s") or 0.0, 1, info.get("init_from")
+    while node and node.get("zoo_name") == name:
+        epochs += node.get("epochs") or 0
+        seconds += node.get("wall_time_s") or 0.0
+        stages += 1
+        node = node.get("init_from")
+    return {"epochs": epochs, "wall_time_s": seconds, "stages": stages,
+            "init_from": (node.get("zoo_name") or node.get("path")) if node else None}
+
+
+def _warm_start_text(own: dict) -> str:
+    """``table_models``' warm-start cell: "gc-large-beta-1 + 2 epochs", "(4 stages)" for a model continued
+    from its own earlier stages, "" for one trained from scratch in one go."""
+    stages = f" ({own['stages']} stages)" if own.get("stages", 1) > 1 else ""
+    if own.get("init_from"):
+        return f"{own['init_from']} + {own['epochs']} epochs{stages}"
+    return stages.strip()
 
 
 def _lineage_totals(info: dict) -> dict:
@@ -2172,7 +2202,7 @@ def table_rows(rows: list[dict]) -> list[dict]:
             "train_device": f"{r['device']} ({r['threads']} thread{'s' if r['threads'] != 1 else ''})"
             if r["device"] == "cpu" else r["device"],
             "epochs": r.get("total_epochs") or r["epochs"],
-            "warm_start": f"{r['init_from']} + {r['epochs']} epochs" if r.get("init_from") else "",
+            "warm_start": _warm_start_text(r.get("own_training") or {}),
             "config": config_of(r),
             "paper_imagenet_top1_pct": PAPER_IMAGENET_TOP1.get(r["beta"], "") if r["model"] == "GC"
             else "" if r["model"] in ("diffusion", "score", "ABS") else PAPER_IMAGENET_TOP1["resnet"],

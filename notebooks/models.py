@@ -92,10 +92,12 @@ for name in zoo.available(dataset, checkpoints):
     glue(f"acc_{key}", round(100 * acc, 2), display=False)
     glue(f"acc_se_{key}", round(100 * (acc * (1 - acc) / n) ** 0.5, 2), display=False)
     glue(f"bpd_{key}", round(info["test"]["bits_per_dim"], 3), display=False)
-    glue(f"epochs_{key}", info["epochs"], display=False)
+    own, base_own = zoo.own_training(info, name), zoo.own_training(base, e.twin_of)
+    glue(f"epochs_{key}", own["epochs"], display=False)
+    glue(f"stages_{key}", own["stages"], display=False)
     glue(f"acc_gain_{key}", round(100 * (acc - base["test"]["accuracy"]), 2), display=False)
-    twin_lines.append(f"- `{name}`: {info['epochs']} epochs where `{e.twin_of}` had {base['epochs']} (both from "
-                      f"{(info.get('init_from') or {}).get('zoo_name') or 'scratch'}): test accuracy "
+    twin_lines.append(f"- `{name}`: {own['epochs']} epochs in {own['stages']} stage(s) where `{e.twin_of}` had "
+                      f"{base_own['epochs']} (both from {own['init_from'] or 'scratch'}): test accuracy "
                       f"{100 * acc:.2f} % against {100 * base['test']['accuracy']:.2f} %, bits/dim "
                       f"{info['test']['bits_per_dim']:.3f} against {base['test']['bits_per_dim']:.3f}")
 display(Markdown("\n".join(twin_lines) or "(no twins shipped)"))

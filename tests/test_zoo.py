@@ -63,9 +63,23 @@ def test_manifest_records_the_training(name):
     for epochs, _ in reversed(e.earlier_stages):  # each stage started from the one before (the lineage)
         assert lineage["epochs"] == epochs and lineage["beta"] == e.beta, (name, lineage)
         lineage = lineage.get("init_from")
-    if e.earlier_stages:
-        assert lineage is None  # the first stage started from scratch
+    if e.earlier_stages:  # the first stage started from scratch, or from the zoo model its arguments name
+        first = e.earlier_stages[0][1]
+        warm = first[first.index("--init-from") + 1].rsplit("/", 1)[-1] if "--init-from" in first else None
+        assert (lineage or {}).get("zoo_name") == warm, (name, lineage)
     assert checkpoints.sha256(zoo.checkpoint_root() / DATASET / manifest["weights"]) == manifest["sha256"]
+
+
+def test_own_training_counts_a_models_own_stages_and_names_its_warm_start():
+    info = {"epochs": 2, "wall_time_s": 5.0, "init_from": {"zoo_name": "a", "epochs": 3, "wall_time_s": 7.0,
+                                                          "init_from": {"zoo_name": "b", "epochs": 10}}}
+    assert zoo.own_training(info, "a") == {"epochs": 5, "wall_time_s": 12.0, "stages": 2, "init_from": "b"}
+    assert zoo.own_training(info, "c")["init_from"] == "a" and zoo.own_training({"epochs": 1}, "a")["init_from"] is None
+    for e in zoo.entries(DATASET):
+        if e.earlier_stages and e.name in zoo.available(DATASET):
+            own = zoo.own_training(checkpoints.read_manifest(zoo.checkpoint_root() / DATASET / e.name)["info"], e.name)
+            assert own["stages"] == len(e.earlier_stages) + 1
+            assert own["epochs"] == e.epochs + sum(epochs for epochs, _ in e.earlier_stages)
 
 
 def test_a_multi_stage_entry_trains_each_stage_from_the_one_before(tmp_path, monkeypatch):
