@@ -2095,18 +2095,26 @@ def _score_rows(dataset: str, root, rows: list[dict]) -> list[dict]:
     return out
 
 
+def _lineage(info: dict) -> list[dict]:
+    """A manifest's ``info`` followed by every ``init_from`` record nested in it: the model, then what it was
+    warm-started from, and so on back to the stage trained from scratch."""
+    nodes, node = [], info
+    while node:
+        nodes.append(node)
+        node = node.get("init_from")
+    return nodes
+
+
 def own_training(info: dict, name: str) -> dict:
     """What zoo model ``name`` trained itself: ``{"epochs", "wall_time_s", "stages", "init_from"}`` summed over its
     manifest's ``info`` and its own earlier stages (the lineage's levels named ``name``), ``init_from`` the zoo
     model (or path) it was warm-started from, None for a model trained from scratch."""
-    epochs, seconds, stages, node = info.get("epochs") or 0, info.get("wall_time_s") or 0.0, 1, info.get("init_from")
-    while node and node.get("zoo_name") == name:
-        epochs += node.get("epochs") or 0
-        seconds += node.get("wall_time_s") or 0.0
-        stages += 1
-        node = node.get("init_from")
-    return {"epochs": epochs, "wall_time_s": seconds, "stages": stages,
-            "init_from": (node.get("zoo_name") or node.get("path")) if node else None}
+    nodes = _lineage(info)
+    own = 1 + next((i for i, n in enumerate(nodes[1:]) if n.get("zoo_name") != name), len(nodes) - 1)
+    source = nodes[own] if own < len(nodes) else None
+    return {"epochs": sum(n.get("epochs") or 0 for n in nodes[:own]),
+            "wall_time_s": sum(n.get("wall_time_s") or 0.0 for n in nodes[:own]), "stages": own,
+            "init_from": (source.get("zoo_name") or source.get("path")) if source else None}
 
 
 def _warm_start_text(own: dict) -> str:
@@ -2120,11 +2128,8 @@ def _warm_start_text(own: dict) -> str:
 
 def _lineage_totals(info: dict) -> dict:
     """Epochs and training minutes of a model including every warm start it descends from."""
-    epochs, seconds, node = 0, 0.0, info
-    while node:
-        epochs += node.get("epochs") or 0
-        seconds += node.get("wall_time_s") or 0.0
-        node = node.get("init_from")
+    nodes = _lineage(info)
+    epochs, seconds = sum(n.get("epochs") or 0 for n in nodes), sum(n.get("wall_time_s") or 0.0 for n in nodes)
     return {"total_epochs": epochs, "total_train_minutes": round(seconds / 60, 1) if seconds else None}
 
 

@@ -75,6 +75,7 @@ def test_own_training_counts_a_models_own_stages_and_names_its_warm_start():
                                                           "init_from": {"zoo_name": "b", "epochs": 10}}}
     assert zoo.own_training(info, "a") == {"epochs": 5, "wall_time_s": 12.0, "stages": 2, "init_from": "b"}
     assert zoo.own_training(info, "c")["init_from"] == "a" and zoo.own_training({"epochs": 1}, "a")["init_from"] is None
+    assert zoo._lineage_totals(info) == {"total_epochs": 15, "total_train_minutes": 0.2}  # every stage, any name
     for e in zoo.entries(DATASET):
         if e.earlier_stages and e.name in zoo.available(DATASET):
             own = zoo.own_training(checkpoints.read_manifest(zoo.checkpoint_root() / DATASET / e.name)["info"], e.name)
