@@ -55,6 +55,7 @@ __all__ = [
     "fit",
     "negative_elbo",
     "negative_elbo_from_errors",
+    "sample_times",
 ]
 
 
@@ -638,7 +639,38 @@ class DiffusionClassifier(nn.Module):
 
 
 # -- training ---------------------------------------------------------------------------------------
-TIME_SAMPLING = ("continuous", "discrete")
+TIME_SAMPLING = ("continuous", "discrete", "log-snr")
+# "log-snr" draws lambda = log-SNR uniformly between lambda(1) and lambda(LOG_SNR_T_MIN), the range of the ELBO's
+# bank (NoiseBank.log_snr_strata's default t_min), so that the unweighted loss is the bound's own weighting.
+LOG_SNR_T_MIN = 1e-3
+
+
+def sample_times(schedule: VPSchedule, n: int, generator: torch.Generator | None = None, device=None,
+                 dtype=torch.float32, time: str = "continuous") -> Tensor:
+    """The diffusion times ``t`` [n] of a training batch, drawn with ``generator``.
+
+    ``time``: ``"continuous"``: t ~ U(0, 1], the limit of DDPM's uniform step of T (Ho et al.'s "L_simple"
+    weighting); ``"discrete"``: DDPM's t = i / T, i uniform in 1..T with T = ``schedule.steps``; ``"log-snr"``:
+    the ELBO's weighting by importance sampling (Kingma et al., "Variational Diffusion Models", 2021; Song et
+    al.'s likelihood weighting, "Maximum Likelihood Training of Score-Based Diffusion Models", 2021): t has
+    the density ``-d lambda/dt / (lambda(t_min) - lambda(1)) = beta(t) / sigma(t)^2 / ...`` on
+    [LOG_SNR_T_MIN, 1], i.e. lambda(t) is uniform, so the mean unweighted ``||eps - eps_hat||^2`` is, up to the
+    constant ``D (lambda(t_min) - lambda(1)) / 2``, an unbiased estimate of the negative ELBO's diffusion term:
+    training on it maximises the bound on log p(x|y) that :meth:`DiffusionClassifier.elbo` reads.
+    """
+    from .errors import ConfigError
+
+    if time == "continuous":
+        return 1 - torch.rand(n, generator=generator, device=device, dtype=dtype)  # (0, 1]
+    if time == "discrete":
+        steps = schedule.steps
+        return torch.randint(1, steps + 1, (n,), generator=generator, device=device).to(dtype) / steps
+    if time == "log-snr":
+        lo, hi = _log_snr_range(schedule, LOG_SNR_T_MIN)
+        u = torch.rand(n, generator=generator, device=device, dtype=torch.float64)
+        t = schedule.t_from_log_snr(hi - (hi - lo) * u)  # float64: the inverse is steep near t_min
+        return t.clamp(LOG_SNR_T_MIN, 1.0).to(dtype)
+    raise ConfigError(f"time must be one of {', '.join(TIME_SAMPLING)}, got {time!r}")
 
 
 def _check_probability(name: str, value) -> float:
@@ -677,8 +709,8 @@ def denoising_loss(model: DiffusionClassifier, x: Tensor, y: Tensor, generator: 
         generator: draws t, eps and the dropout mask, in that order.
         class_dropout: probability of replacing a label by the denoiser's ``null_class`` (classifier-free
             dropout: it also trains eps(x_t, t) without a class); 0 leaves every label as it is.
-        time: ``"continuous"``: t ~ U(0, 1], the limit of DDPM's uniform step of T; ``"discrete"``: DDPM's
-            t = i / T, i uniform in 1..T with T = ``schedule.steps``.
+        time: how t is drawn (:func:`sample_times`): ``"continuous"`` (U(0, 1]), ``"discrete"`` (DDPM's
+            grid of ``schedule.steps``) or ``"log-snr"`` (the ELBO's weighting).
         denoiser: the network to evaluate (default ``model.denoiser``; :func:`fit` passes its EMA copy).
     """
     from .errors import ConfigError
@@ -691,11 +723,7 @@ def denoising_loss(model: DiffusionClassifier, x: Tensor, y: Tensor, generator: 
                           f"{type(denoiser).__name__} has none")
     data = 2 * x - 1
     b, device = len(x), x.device
-    if time == "continuous":
-        t = 1 - torch.rand(b, generator=generator, device=device, dtype=x.dtype)  # (0, 1]
-    else:
-        steps = model.schedule.steps
-        t = torch.randint(1, steps + 1, (b,), generator=generator, device=device).to(x.dtype) / steps
+    t = sample_times(model.schedule, b, generator, device, x.dtype, time)
     eps = torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype)
     if class_dropout > 0:
         drop = torch.rand(b, generator=generator, device=device) < class_dropout
@@ -735,7 +763,7 @@ def _val_loss(model: DiffusionClassifier, denoiser: nn.Module, val, batch_size: 
 def fit(model: DiffusionClassifier, train, val=None, *, epochs: int, batch_size: int = 128, lr: float = 2e-4,
         ema_decay: float = 0.999, class_dropout: float = 0.1, grad_clip: float = 1.0, time: str = "continuous",
         out, resume: bool = False, seed: int = 0, device=None, max_steps: int | None = None,
-        progress: bool = True, num_workers: int | None = None) -> list[dict]:
+        progress: bool = True, num_workers: int | None = None, init_from=None) -> list[dict]:
     """Train a :class:`DiffusionClassifier`'s denoiser with DDPM's epsilon loss; returns the epoch log.
 
     Every step: a batch of the epoch's seeded permutation, dequantized like the IB-INN's training data
@@ -759,7 +787,7 @@ def fit(model: DiffusionClassifier, train, val=None, *, epochs: int, batch_size:
             :class:`TinyUNet` has).
         train, val: datasets of (image in [0, 1], label), e.g. :class:`gclib.data.ImageDataset`.
         epochs: passes over ``train`` (whole batches only).
-        batch_size, lr, ema_decay, class_dropout, grad_clip, time: see above.
+        batch_size, lr, ema_decay, class_dropout, grad_clip, time: see above (``time``: :func:`sample_times`).
         out: the run folder.
         resume: continue the run in ``out``; a fresh start if it holds none.
         seed: of the data order, the dequantization, t, eps and dropout.
@@ -767,6 +795,10 @@ def fit(model: DiffusionClassifier, train, val=None, *, epochs: int, batch_size:
         max_steps: stop after this many steps in total (the state is saved: ``resume`` continues).
         progress: tqdm bars and a JSON line per epoch.
         num_workers: DataLoader workers (default 0 for in-memory datasets).
+        init_from: warm start: a diffusion checkpoint of the same architecture (e.g. a shipped zoo model)
+            whose weights start the run (and its EMA), with a fresh optimizer; its path, sha256 and training
+            record are kept in the manifest (``info.init_from``, nested like :func:`gclib.train.fit`'s).
+            Ignored when resuming (the run's state already holds the weights and the record).
 
     Raises:
         ConfigError: a bad argument. TrainingError: ``out`` holds a run and ``resume`` is off.
@@ -833,6 +865,17 @@ def fit(model: DiffusionClassifier, train, val=None, *, epochs: int, batch_size:
     device = torch.device(device) if device else default_device()
     if device.type == "cpu":
         tune_cpu_allocator()
+    lineage = None
+    if init_from is not None and not (resume and (Path(out) / "last.json").exists()):
+        from .train import _warm_start
+
+        source = checkpoints.read_manifest(init_from)  # refuses a missing or malformed checkpoint
+        theirs, ours = (source.get("diffusion") or {}).get("network"), model.spec()["network"]
+        if source.get("kind") != "diffusion" or theirs != ours:
+            raise ConfigError(f"init_from {init_from} is not a diffusion network of this architecture (its "
+                              f"manifest: kind {source.get('kind')!r}, network {theirs}; this model: {ours}); "
+                              "pass the source's --width and --emb")
+        lineage = _warm_start(model, init_from)
     model.to(device).train()
     ema = _ema(model.denoiser, ema_decay)
     params = [p for p in model.denoiser.parameters() if p.requires_grad]
@@ -854,6 +897,7 @@ def fit(model: DiffusionClassifier, train, val=None, *, epochs: int, batch_size:
             raise ConfigError(f"{out} was trained with other {', '.join(changed)} ({saved}); resume with the same "
                               "settings (only epochs may change) or use a new out folder")
         record = checkpoints.load_training_state(out, model, opt, extra={"ema": ema})
+        lineage = record.get("init_from")
         _use_fused(opt, fused)
         step, start_epoch, start_batch = record["step"], record["epoch"], record["batch_in_epoch"]
         elapsed = record.get("elapsed_s", 0.0)
@@ -871,7 +915,8 @@ def fit(model: DiffusionClassifier, train, val=None, *, epochs: int, batch_size:
     def save_state(epoch: int, batch_in_epoch: int) -> None:
         checkpoints.save_training_state(out, model, opt, {
             "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "epoch_sums": sums.tolist(),
-            "settings": settings, "elapsed_s": elapsed + clock.perf_counter() - t_start}, extra={"ema": ema})
+            "settings": settings, "elapsed_s": elapsed + clock.perf_counter() - t_start, "init_from": lineage},
+            extra={"ema": ema})
 
     current_lr = lr  # constant (DDPM's 2e-4 without warm-up)
     stopped = bool(max_steps and step >= max_steps)
@@ -926,7 +971,8 @@ def fit(model: DiffusionClassifier, train, val=None, *, epochs: int, batch_size:
     model.denoiser.load_state_dict(ema.module.state_dict())
     info = {**settings, "steps": step, "wall_time_s": round(elapsed, 1), "n_train": len(train),
             "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
-            "threads": torch.get_num_threads(), "weights": "ema", "val": history[-1] if history else None}
+            "threads": torch.get_num_threads(), "weights": "ema", "val": history[-1] if history else None,
+            "init_from": lineage}
     checkpoints.save(model, out / "final", **info)
     model.eval()
     return history
@@ -948,6 +994,12 @@ def _parser():
     p.add_argument("--ema-decay", type=float, default=0.999)
     p.add_argument("--class-dropout", type=float, default=0.1)
     p.add_argument("--n-pairs", type=int, default=100, help="fixed (t, eps) pairs shared by every class")
+    p.add_argument("--time", default="continuous", choices=TIME_SAMPLING,
+                   help="how training draws t: continuous (uniform, DDPM's L_simple; default), discrete (DDPM's "
+                        "grid) or log-snr (the ELBO's own weighting, by importance sampling)")
+    p.add_argument("--init-from", metavar="CHECKPOINT",
+                   help="warm start from this diffusion checkpoint (same --width and --emb), e.g. "
+                        "checkpoints/fashion-mnist/diffusion-unet32")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--resume", action="store_true", help="continue the run in OUT")
@@ -978,8 +1030,9 @@ def main(argv: list[str] | None = None) -> int:
         net = TinyUNet(shape[0], len(train.classes), width=args.width, emb=args.emb)
         model = DiffusionClassifier(net, len(train.classes), shape, n_pairs=args.n_pairs, seed=args.seed)
         fit(model, train, val.subset(min(1000, len(val)), args.seed), epochs=args.epochs, batch_size=args.batch_size,
-            lr=args.lr, ema_decay=args.ema_decay, class_dropout=args.class_dropout, out=args.out, resume=args.resume,
-            seed=args.seed, device=args.device, max_steps=args.max_steps, progress=not args.no_progress)
+            lr=args.lr, ema_decay=args.ema_decay, class_dropout=args.class_dropout, time=args.time, out=args.out,
+            resume=args.resume, seed=args.seed, device=args.device, max_steps=args.max_steps,
+            progress=not args.no_progress, init_from=args.init_from)
         if args.eval_test:
             x, y = test.subset(min(args.eval_test, len(test)), args.seed).tensors()
             x, y = x.to(model.bank_t.device), y.to(model.bank_t.device)

@@ -24,6 +24,7 @@ from gclib.diffusion import (
     fit,
     negative_elbo,
     negative_elbo_from_errors,
+    sample_times,
 )
 from gclib.errors import InputError
 
@@ -188,6 +189,52 @@ def test_discrete_time_uses_ddpm_grid():
     assert float(t.min()) >= 1 and float(t.max()) <= model.schedule.steps
 
 
+def test_log_snr_time_samples_the_elbo_weighting():
+    """t ~ -d lambda/dt on [t_min, 1]: lambda(t) uniform over the ELBO bank's range, and the sample mean of any
+    f(t) estimates the ELBO-weighted integral of f (here f(t) = t, by quadrature)."""
+    from scipy import integrate, stats
+
+    from gclib.diffusion import LOG_SNR_T_MIN, _log_snr_range
+
+    t = sample_times(SCHEDULE, 20_000, torch.Generator().manual_seed(0), time="log-snr", dtype=torch.float64)
+    lo, hi = _log_snr_range(SCHEDULE, LOG_SNR_T_MIN)
+    assert float(t.min()) >= LOG_SNR_T_MIN and float(t.max()) <= 1.0
+    lam = SCHEDULE.log_snr(t)
+    assert stats.kstest(((lam - lo) / (hi - lo)).numpy(), "uniform").pvalue > 0.01
+
+    def weight(s):
+        s = torch.tensor(s, dtype=torch.float64)
+        return float(SCHEDULE.beta(s) / SCHEDULE.sigma(s) ** 2) / (hi - lo)
+
+    mass = integrate.quad(weight, LOG_SNR_T_MIN, 1, limit=200, points=[0.01, 0.1])[0]
+    mean_t = integrate.quad(lambda s: s * weight(s), LOG_SNR_T_MIN, 1, limit=200, points=[0.01, 0.1])[0]
+    assert mass == pytest.approx(1.0, abs=1e-6)  # the density integrates to one
+    assert float(t.mean()) == pytest.approx(mean_t, abs=4 * float(t.std()) / len(t) ** 0.5)
+    continuous = sample_times(SCHEDULE, 20_000, torch.Generator().manual_seed(0))
+    assert float(continuous.mean()) == pytest.approx(0.5, abs=0.01)  # the default stays uniform in t
+
+
+def test_fit_warm_starts_from_a_checkpoint_and_records_it(tmp_path):
+    data = _tiny_dataset()
+    kwargs = dict(batch_size=16, ema_decay=0.9, device="cpu", progress=False)
+    fit(_tiny_model(), data, epochs=1, lr=1e-3, out=tmp_path / "a", **kwargs)
+    source = gclib.load(tmp_path / "a" / "final", device="cpu")
+    # One step at a negligible rate from another initialisation: the run starts from the source's weights.
+    model = _tiny_model(seed=7)
+    fit(model, data, epochs=1, lr=1e-12, time="log-snr", out=tmp_path / "b", max_steps=1,
+        init_from=tmp_path / "a" / "final", **kwargs)
+    for (k, a), b in zip(source.denoiser.state_dict().items(), model.denoiser.state_dict().values()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=k)
+    fit(_tiny_model(seed=8), data, epochs=1, lr=1e-12, time="log-snr", out=tmp_path / "b", resume=True,
+        init_from=tmp_path / "nowhere", **kwargs)  # resuming: the state holds the weights, init_from is not read
+    info = gclib.load(tmp_path / "b" / "final").manifest["info"]
+    assert info["time"] == "log-snr" and info["init_from"]["path"] == str(tmp_path / "a" / "final")
+    assert info["init_from"]["sha256"] == source.manifest["sha256"] and info["init_from"]["steps"] == 3
+    wide = DiffusionClassifier(TinyUNet(1, 3, width=16, emb=16), 3, (1, 8, 8), n_pairs=8, elbo_pairs=16)
+    with pytest.raises(gclib.ConfigError, match="width"):
+        fit(wide, data, epochs=1, out=tmp_path / "c", init_from=tmp_path / "a" / "final", **kwargs)
+
+
 def test_fit_writes_log_and_final_and_resumes_to_the_same_state(tmp_path):
     data = _tiny_dataset()  # 48 images, batch 16: 3 steps an epoch
     kwargs = dict(epochs=2, batch_size=16, lr=1e-3, ema_decay=0.9, device="cpu", progress=False)
@@ -344,6 +391,11 @@ def test_command_line_trains_resumes_and_evaluates(tmp_path, capsys, fashion):
     assert model.family == "diffusion" and model.manifest["info"]["steps"] == 4
     assert main([*args]) == 2  # a fresh run into a folder that holds one: one clear error
     assert "resume" in capsys.readouterr().err
+    warm = [*args[:-5], "--out", str(tmp_path / "warm"), "--no-progress", "--device", "cpu", "--max-steps", "1",
+            "--time", "log-snr", "--init-from", str(tmp_path / "run" / "final")]
+    assert main(warm) == 0
+    info = gclib.load(tmp_path / "warm" / "final").manifest["info"]
+    assert info["time"] == "log-snr" and info["init_from"]["steps"] == 4
 
 
 def test_pruned_rule_does_only_the_work_it_counts_and_matches_the_error_matrix():
