@@ -867,7 +867,7 @@ def fit(model: DiffusionClassifier, train, val=None, *, epochs: int, batch_size:
         tune_cpu_allocator()
     lineage = None
     if init_from is not None and not (resume and (Path(out) / "last.json").exists()):
-        from .train import _warm_start
+        from .train import lineage_record
 
         source = checkpoints.read_manifest(init_from)  # refuses a missing or malformed checkpoint
         theirs, ours = (source.get("diffusion") or {}).get("network"), model.spec()["network"]
@@ -875,7 +875,9 @@ def fit(model: DiffusionClassifier, train, val=None, *, epochs: int, batch_size:
             raise ConfigError(f"init_from {init_from} is not a diffusion network of this architecture (its "
                               f"manifest: kind {source.get('kind')!r}, network {theirs}; this model: {ours}); "
                               "pass the source's --width and --emb")
-        lineage = _warm_start(model, init_from)
+        # Only the network's weights: the classifier's reading (noise banks, pruning stages) stays this model's.
+        model.denoiser.load_state_dict(checkpoints.load(init_from, device="cpu").denoiser.state_dict())
+        lineage = lineage_record(init_from, source)
     model.to(device).train()
     ema = _ema(model.denoiser, ema_decay)
     params = [p for p in model.denoiser.parameters() if p.requires_grad]

@@ -285,7 +285,12 @@ def make_optimizer(name: str, params: list, lr: float, weight_decay: float = 0.0
 def _warm_start(model: nn.Module, path: str | os.PathLike) -> dict:
     """Load the weights of checkpoint ``path`` into ``model``; return its lineage record for the manifest."""
     checkpoints.load_into(model, path)
-    manifest = checkpoints.read_manifest(path)
+    return lineage_record(path, checkpoints.read_manifest(path))
+
+
+def lineage_record(path: str | os.PathLike, manifest: dict) -> dict:
+    """What a warm-started run records of its source checkpoint (``info.init_from``): where it was, its
+    weights' sha256, its zoo name and training, and its own ``init_from`` (so the records nest)."""
     info = manifest.get("info", {})
     return {"path": str(path), "sha256": manifest.get("sha256"), "zoo_name": info.get("zoo_name"),
             "beta": info.get("beta"), "epochs": info.get("epochs"), "steps": info.get("steps"),

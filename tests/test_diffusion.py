@@ -219,15 +219,23 @@ def test_fit_warm_starts_from_a_checkpoint_and_records_it(tmp_path):
     kwargs = dict(batch_size=16, ema_decay=0.9, device="cpu", progress=False)
     fit(_tiny_model(), data, epochs=1, lr=1e-3, out=tmp_path / "a", **kwargs)
     source = gclib.load(tmp_path / "a" / "final", device="cpu")
-    # One step at a negligible rate from another initialisation: the run starts from the source's weights.
-    model = _tiny_model(seed=7)
+    # One step at a negligible rate from another initialisation and another reading of the network (noise
+    # banks, pruning stages): the run starts from the source's network weights and keeps its own reading.
+    torch.manual_seed(7)
+    model = DiffusionClassifier(TinyUNet(1, 3, width=8, emb=16), 3, (1, 8, 8), n_pairs=4, stages=((4, 1),),
+                                elbo_pairs=8, seed=3)
     fit(model, data, epochs=1, lr=1e-12, time="log-snr", out=tmp_path / "b", max_steps=1,
         init_from=tmp_path / "a" / "final", **kwargs)
     for (k, a), b in zip(source.denoiser.state_dict().items(), model.denoiser.state_dict().values()):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=k)
-    fit(_tiny_model(seed=8), data, epochs=1, lr=1e-12, time="log-snr", out=tmp_path / "b", resume=True,
+    torch.manual_seed(8)
+    resumed = DiffusionClassifier(TinyUNet(1, 3, width=8, emb=16), 3, (1, 8, 8), n_pairs=4, stages=((4, 1),),
+                                  elbo_pairs=8, seed=3)
+    fit(resumed, data, epochs=1, lr=1e-12, time="log-snr", out=tmp_path / "b", resume=True,
         init_from=tmp_path / "nowhere", **kwargs)  # resuming: the state holds the weights, init_from is not read
-    info = gclib.load(tmp_path / "b" / "final").manifest["info"]
+    final = gclib.load(tmp_path / "b" / "final")
+    assert final.spec() == model.spec() != source.spec()
+    info = final.manifest["info"]
     assert info["time"] == "log-snr" and info["init_from"]["path"] == str(tmp_path / "a" / "final")
     assert info["init_from"]["sha256"] == source.manifest["sha256"] and info["init_from"]["steps"] == 3
     wide = DiffusionClassifier(TinyUNet(1, 3, width=16, emb=16), 3, (1, 8, 8), n_pairs=8, elbo_pairs=16)
