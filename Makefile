@@ -58,7 +58,7 @@ models: setup data  ## only the model-zoo notebooks: table_models, fig_beta_trad
 
 # Models trained at once by retrain-zoo (one process per core, one thread each).
 RETRAIN_JOBS ?= 2
-retrain-zoo: setup data  ## retrain every zoo model, RETRAIN_JOBS at a time, and ship it to checkpoints/ (about 8 h of training on 2 CPU cores)
+retrain-zoo: setup data  ## retrain every zoo model, RETRAIN_JOBS at a time, and ship it to checkpoints/ (about 10.3 h of training on 2 CPU cores)
 	$(BIN)/python -m gclib.zoo retrain --jobs $(RETRAIN_JOBS)
 
 bench: setup  ## GC vs ResNet DC: images/s and memory, fashion-mnist + imagenet (CPU: batch 2; GPU: 32/64/128) -> figures/table_throughput.*, fig_throughput.*
