@@ -152,10 +152,19 @@ class NoiseBank:
         g = torch.Generator().manual_seed(seed)
         u = torch.rand(n, generator=g, dtype=torch.float64)
         eps = torch.randn((n, *shape), generator=g)
-        lo, hi = _log_snr_range(schedule, t_min)
-        log_snr = hi - (hi - lo) * (torch.arange(n, dtype=torch.float64) + u) / n  # decreasing: t increasing
-        t = schedule.t_from_log_snr(log_snr).clamp(t_min, 1.0)
+        # decreasing log-SNR (t increasing) from the stratum's point
+        t = _t_uniform_in_log_snr(schedule, (torch.arange(n, dtype=torch.float64) + u) / n, t_min)
         return cls(t.float(), eps)
+
+
+def _t_uniform_in_log_snr(schedule: VPSchedule, v: Tensor, t_min: float) -> Tensor:
+    """t (float64) whose log-SNR is the fraction ``v`` in [0, 1] of the way from lambda(t_min) down to lambda(1).
+
+    The one mapping of the ELBO's noise bank (:meth:`NoiseBank.log_snr_strata`, v stratified) and of the
+    ``"log-snr"`` training times (:func:`sample_times`, v uniform). float64: the inverse is steep near t_min.
+    """
+    lo, hi = _log_snr_range(schedule, t_min)
+    return schedule.t_from_log_snr(hi - (hi - lo) * v.to(torch.float64)).clamp(t_min, 1.0)
 
 
 def _log_snr_range(schedule: VPSchedule, t_min: float) -> tuple[float, float]:
@@ -643,6 +652,8 @@ TIME_SAMPLING = ("continuous", "discrete", "log-snr")
 # "log-snr" draws lambda = log-SNR uniformly between lambda(1) and lambda(LOG_SNR_T_MIN), the range of the ELBO's
 # bank (NoiseBank.log_snr_strata's default t_min), so that the unweighted loss is the bound's own weighting.
 LOG_SNR_T_MIN = 1e-3
+#: the learning-rate schedules of :func:`fit`.
+LR_SCHEDULES = ("constant", "cosine")
 
 
 def sample_times(schedule: VPSchedule, n: int, generator: torch.Generator | None = None, device=None,
@@ -666,10 +677,8 @@ def sample_times(schedule: VPSchedule, n: int, generator: torch.Generator | None
         steps = schedule.steps
         return torch.randint(1, steps + 1, (n,), generator=generator, device=device).to(dtype) / steps
     if time == "log-snr":
-        lo, hi = _log_snr_range(schedule, LOG_SNR_T_MIN)
         u = torch.rand(n, generator=generator, device=device, dtype=torch.float64)
-        t = schedule.t_from_log_snr(hi - (hi - lo) * u)  # float64: the inverse is steep near t_min
-        return t.clamp(LOG_SNR_T_MIN, 1.0).to(dtype)
+        return _t_uniform_in_log_snr(schedule, u, LOG_SNR_T_MIN).to(dtype)
     raise ConfigError(f"time must be one of {', '.join(TIME_SAMPLING)}, got {time!r}")
 
 
@@ -762,7 +771,7 @@ def _val_loss(model: DiffusionClassifier, denoiser: nn.Module, val, batch_size: 
 
 def fit(model: DiffusionClassifier, train, val=None, *, epochs: int, batch_size: int = 128, lr: float = 2e-4,
         ema_decay: float = 0.999, class_dropout: float = 0.1, grad_clip: float = 1.0, time: str = "continuous",
-        out, resume: bool = False, seed: int = 0, device=None, max_steps: int | None = None,
+        lr_schedule: str = "constant", out, resume: bool = False, seed: int = 0, device=None, max_steps: int | None = None,
         progress: bool = True, num_workers: int | None = None, init_from=None) -> list[dict]:
     """Train a :class:`DiffusionClassifier`'s denoiser with DDPM's epsilon loss; returns the epoch log.
 
@@ -770,8 +779,9 @@ def fit(model: DiffusionClassifier, train, val=None, *, epochs: int, batch_size:
     (so the ELBO is a bound on the density :meth:`DiffusionClassifier.bits_per_dim` reads), t uniform
     (:func:`denoising_loss`; ``"continuous"`` by default so that the network can be read at any t: the
     ELBO's log-SNR bank and the probability-flow ODE of :mod:`gclib.score` evaluate it off DDPM's grid),
-    the label dropped to the null class with probability ``class_dropout``, Adam at the constant rate
-    ``lr``, gradients clipped to norm ``grad_clip`` (a step with a non-finite gradient is skipped), then
+    the label dropped to the null class with probability ``class_dropout``, Adam at the rate ``lr``
+    (``lr_schedule="constant"``, DDPM's) or decayed from ``lr`` to 0 along a half cosine over the run's
+    ``epochs`` (``"cosine"``: the annealing that a warm-started fine-tune needs), gradients clipped to norm ``grad_clip`` (a step with a non-finite gradient is skipped), then
     the EMA of the weights updated. All randomness is a function of (seed, epoch) for the data order and
     of (seed, step) for the noise, so the resumable state is the weights, the EMA, the optimizer and the
     step (no generator state): a run killed and resumed ends with bit-identical weights (CPU).
@@ -787,7 +797,8 @@ def fit(model: DiffusionClassifier, train, val=None, *, epochs: int, batch_size:
             :class:`TinyUNet` has).
         train, val: datasets of (image in [0, 1], label), e.g. :class:`gclib.data.ImageDataset`.
         epochs: passes over ``train`` (whole batches only).
-        batch_size, lr, ema_decay, class_dropout, grad_clip, time: see above (``time``: :func:`sample_times`).
+        batch_size, lr, ema_decay, class_dropout, grad_clip, time, lr_schedule: see above (``time``:
+            :func:`sample_times`; ``lr_schedule``: one of :data:`LR_SCHEDULES`).
         out: the run folder.
         resume: continue the run in ``out``; a fresh start if it holds none.
         seed: of the data order, the dequantization, t, eps and dropout.
@@ -844,8 +855,14 @@ def fit(model: DiffusionClassifier, train, val=None, *, epochs: int, batch_size:
     class_dropout = _check_probability("class_dropout", class_dropout)
     if time not in TIME_SAMPLING:
         raise ConfigError(f"time must be one of {', '.join(TIME_SAMPLING)}, got {time!r}")
+    if lr_schedule not in LR_SCHEDULES:
+        raise ConfigError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {lr_schedule!r}")
     if out is None:
         raise ConfigError("out must name a run folder (for log.csv, the training state and final)")
+    out = Path(out)
+    has_run = (out / "last.json").exists()
+    if has_run and not resume:  # before any work (a warm start's load)
+        raise TrainingError(f"{out} already holds a training run; resume it (resume=True) or choose another out")
     try:
         model.spec()  # what the training state and final record: refuse an unsavable model before training
     except InputError as err:
@@ -866,7 +883,7 @@ def fit(model: DiffusionClassifier, train, val=None, *, epochs: int, batch_size:
     if device.type == "cpu":
         tune_cpu_allocator()
     lineage = None
-    if init_from is not None and not (resume and (Path(out) / "last.json").exists()):
+    if init_from is not None and not has_run:
         from .train import lineage_record
 
         source = checkpoints.read_manifest(init_from)  # refuses a missing or malformed checkpoint
@@ -884,20 +901,22 @@ def fit(model: DiffusionClassifier, train, val=None, *, epochs: int, batch_size:
     if not params:
         raise ConfigError(f"the denoiser ({type(model.denoiser).__name__}) has no trainable parameters")
     opt, fused = make_optimizer("adam", params, lr)
-    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     step, start_epoch, start_batch, elapsed, history, record = 0, 0, 0, 0.0, [], {}
     sums = torch.zeros(2, dtype=torch.float64, device=device)  # the epoch's loss x images, images
     settings = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "ema_decay": ema_decay,
                 "class_dropout": class_dropout, "grad_clip": grad_clip, "time": time, "seed": seed}
-    if (out / "last.json").exists():
-        if not resume:
-            raise TrainingError(f"{out} already holds a training run; resume it (resume=True) or choose another out")
+    if lr_schedule != "constant":  # (recorded only when set: the shipped runs' settings stay as they were)
+        settings["lr_schedule"] = lr_schedule
+    if has_run:
         saved = checkpoints.read_training_state(out, verify=False).get("settings", {})
-        changed = sorted(k for k, v in settings.items() if k != "epochs" and saved.get(k) != v)
+        # epochs may change, except under a cosine schedule (whose every step's rate depends on them)
+        fixed = [k for k in settings if k != "epochs" or lr_schedule != "constant"]
+        changed = sorted(k for k in fixed if saved.get(k) != settings[k])
         if changed:
             raise ConfigError(f"{out} was trained with other {', '.join(changed)} ({saved}); resume with the same "
-                              "settings (only epochs may change) or use a new out folder")
+                              "settings (only epochs may change, and not under a cosine schedule) or use a new "
+                              "out folder")
         record = checkpoints.load_training_state(out, model, opt, extra={"ema": ema})
         lineage = record.get("init_from")
         _use_fused(opt, fused)
@@ -920,7 +939,13 @@ def fit(model: DiffusionClassifier, train, val=None, *, epochs: int, batch_size:
             "settings": settings, "elapsed_s": elapsed + clock.perf_counter() - t_start, "init_from": lineage},
             extra={"ema": ema})
 
-    current_lr = lr  # constant (DDPM's 2e-4 without warm-up)
+    total_steps = epochs * steps_per_epoch
+
+    def lr_at(k: int) -> float:  # the rate of step k (0-based); no warm-up (DDPM has none)
+        if lr_schedule == "constant":
+            return lr
+        return lr * 0.5 * (1 + math.cos(math.pi * min(k, total_steps) / total_steps))
+
     stopped = bool(max_steps and step >= max_steps)
     for epoch in range(start_epoch, epochs):
         if stopped:
@@ -938,6 +963,9 @@ def fit(model: DiffusionClassifier, train, val=None, *, epochs: int, batch_size:
             generator = _step_generator(device, seed, step)
             x = dequantize(x, generator)
             loss = denoising_loss(model, x, y, generator, class_dropout, time)
+            current_lr = lr_at(step)
+            for group in opt.param_groups:
+                group["lr"] = current_lr
             opt.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
@@ -956,7 +984,7 @@ def fit(model: DiffusionClassifier, train, val=None, *, epochs: int, batch_size:
         epoch_time = clock.perf_counter() - t_start
         elapsed += epoch_time
         seen = float(sums[1])
-        row = {"epoch": epoch + 1, "step": step, "lr": current_lr, "train_loss": float(sums[0]) / max(seen, 1),
+        row = {"epoch": epoch + 1, "step": step, "lr": lr_at(step - 1), "train_loss": float(sums[0]) / max(seen, 1),
                "val_loss": _val_loss(model, ema.module, val, batch_size, device, seed, time) if val is not None
                else float("nan"), "epoch_time_s": epoch_time,
                "train_images_per_s": images_now / max(epoch_time, 1e-9)}
@@ -993,6 +1021,8 @@ def _parser():
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--lr-schedule", default="constant", choices=LR_SCHEDULES,
+                   help="constant (DDPM's; default) or cosine (decays from --lr to 0 over --epochs)")
     p.add_argument("--ema-decay", type=float, default=0.999)
     p.add_argument("--class-dropout", type=float, default=0.1)
     p.add_argument("--n-pairs", type=int, default=100, help="fixed (t, eps) pairs shared by every class")
@@ -1032,7 +1062,8 @@ def main(argv: list[str] | None = None) -> int:
         net = TinyUNet(shape[0], len(train.classes), width=args.width, emb=args.emb)
         model = DiffusionClassifier(net, len(train.classes), shape, n_pairs=args.n_pairs, seed=args.seed)
         fit(model, train, val.subset(min(1000, len(val)), args.seed), epochs=args.epochs, batch_size=args.batch_size,
-            lr=args.lr, ema_decay=args.ema_decay, class_dropout=args.class_dropout, time=args.time, out=args.out,
+            lr=args.lr, ema_decay=args.ema_decay, class_dropout=args.class_dropout, time=args.time,
+            lr_schedule=args.lr_schedule, out=args.out,
             resume=args.resume, seed=args.seed, device=args.device, max_steps=args.max_steps,
             progress=not args.no_progress, init_from=args.init_from)
         if args.eval_test:

@@ -243,6 +243,27 @@ def test_fit_warm_starts_from_a_checkpoint_and_records_it(tmp_path):
         fit(wide, data, epochs=1, out=tmp_path / "c", init_from=tmp_path / "a" / "final", **kwargs)
 
 
+def test_fit_cosine_schedule_decays_to_zero_and_fixes_the_epochs(tmp_path):
+    data = _tiny_dataset()  # 3 steps an epoch
+    kwargs = dict(batch_size=16, lr=1e-3, ema_decay=0.9, device="cpu", progress=False, lr_schedule="cosine")
+    fit(_tiny_model(), data, epochs=2, out=tmp_path / "a", **kwargs)
+    rows = _read_csv(tmp_path / "a" / "log.csv")
+    # the rate of each epoch's last step (2 and 5 of 6): lr (1 + cos(pi k / 6)) / 2
+    expected = [1e-3 * 0.5 * (1 + math.cos(math.pi * k / 6)) for k in (2, 5)]
+    assert [float(r["lr"]) for r in rows] == pytest.approx(expected, rel=1e-9)
+    assert float(rows[-1]["lr"]) < 0.07 * 1e-3  # the last of 6 steps: (1 - cos(pi / 6)) / 2 = 0.067
+    assert gclib.load(tmp_path / "a" / "final").manifest["info"]["lr_schedule"] == "cosine"
+    with pytest.raises(gclib.ConfigError, match="other epochs"):  # a longer cosine would change every step's rate
+        fit(_tiny_model(), data, epochs=3, out=tmp_path / "a", resume=True, **kwargs)
+    # An occupied run folder is refused before a warm start's source is read (it does not exist here).
+    with pytest.raises(gclib.TrainingError, match="already holds"):
+        fit(_tiny_model(), data, epochs=2, out=tmp_path / "a", init_from=tmp_path / "nowhere", **kwargs)
+    constant = fit(_tiny_model(), data, epochs=1, batch_size=16, lr=1e-3, device="cpu", progress=False,
+                   out=tmp_path / "b")
+    assert constant[0]["lr"] == 1e-3
+    assert "lr_schedule" not in gclib.load(tmp_path / "b" / "final").manifest["info"]  # as the shipped runs
+
+
 def test_fit_writes_log_and_final_and_resumes_to_the_same_state(tmp_path):
     data = _tiny_dataset()  # 48 images, batch 16: 3 steps an epoch
     kwargs = dict(epochs=2, batch_size=16, lr=1e-3, ema_decay=0.9, device="cpu", progress=False)
@@ -279,7 +300,7 @@ def test_fit_writes_log_and_final_and_resumes_to_the_same_state(tmp_path):
 @pytest.mark.parametrize("bad, match", [
     ({"epochs": 0}, "epochs"), ({"batch_size": 1000}, "smaller than one batch"), ({"lr": -1.0}, "lr"),
     ({"ema_decay": 1.0}, "ema_decay"), ({"class_dropout": 1.5}, "class_dropout"), ({"time": "log"}, "time"),
-    ({"max_steps": 0}, "max_steps"), ({"out": None}, "out"),
+    ({"max_steps": 0}, "max_steps"), ({"out": None}, "out"), ({"lr_schedule": "linear"}, "lr_schedule"),
 ])
 def test_fit_bad_arguments_give_one_clear_error(tmp_path, bad, match):
     kwargs = {"epochs": 1, "batch_size": 16, "out": tmp_path / "run", "device": "cpu", "progress": False, **bad}
