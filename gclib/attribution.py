@@ -32,7 +32,7 @@ from .errors import InputError, check_batch, check_batch_size
 
 __all__ = ["METHODS", "FAITHFULNESS_HEADERS", "Margin", "decision_pair", "margin", "attribute", "completeness_gap",
            "random_attribution", "pixel_order", "perturbation_curves", "decision_probability", "auc",
-           "faithfulness_row", "pick_examples", "plot_heatmaps"]
+           "faithfulness_study", "STUDY_METHODS", "faithfulness_row", "pick_examples", "plot_heatmaps"]
 
 METHODS = {"saliency": "saliency (absolute gradient)", "integrated_gradients": "integrated gradients",
            "input_x_gradient": "gradient × (input − baseline)"}
@@ -302,6 +302,50 @@ def perturbation_curves(model: nn.Module, x: Tensor, attributions: Tensor, basel
         insertion.append(torch.cat([f_b[sl, None], f[:, 1], f_x[sl, None]], 1))
     return {"fraction": (counts.double() / (h * w)).numpy(), "deletion": torch.cat(deletion).numpy(),
             "insertion": torch.cat(insertion).numpy()}
+
+
+#: the orders :func:`faithfulness_study` scores, in its order: the captum methods, then the random reference.
+STUDY_METHODS = ("integrated_gradients", "saliency", "input_x_gradient", "random")
+#: the methods that claim completeness (their attributions add up to f(x) - f(b)).
+COMPLETE_METHODS = ("integrated_gradients", "input_x_gradient")
+
+
+def faithfulness_study(model: nn.Module, x: Tensor, baseline: Tensor, *, n_steps: int = 16, steps: int = 10,
+                       batch_size: int = 250, seed: int = 0, keep_maps: bool = True) -> dict:
+    """The heatmaps chapter's study of one model: its decisions, every method's attributions and their
+    deletion/insertion curves.
+
+    For each image the decision pair (:func:`decision_pair`); the attributions of :data:`STUDY_METHODS`
+    (integrated gradients with ``n_steps`` points and its convergence delta, saliency, gradient x (input -
+    baseline), and a seeded random order); and the :func:`perturbation_curves` of each (``steps`` steps,
+    pixel-order seed ``seed``). What ``python -m gclib.zoo evaluate NAME --what faithfulness`` stores for
+    models too costly to study live in the book (their maps are not stored: ``keep_maps=False``).
+
+    Returns:
+        dict with ``top``, ``runner`` [N]; ``delta`` [N] (captum's convergence delta of integrated gradients);
+        ``sums`` {method: [N] float64, the sum of its attributions}; ``curves`` {method:
+        :func:`perturbation_curves`}; ``gaps`` {method: [N]} for :data:`COMPLETE_METHODS`: the sum of the
+        attributions minus the curves' own ``f(x) - f(b)``; and ``maps`` {method: [N, C, H, W]} with
+        ``keep_maps``.
+    """
+    top, runner = decision_pair(model, x, batch_size)
+    maps = {}
+    maps["integrated_gradients"], delta = attribute(model, x, "integrated_gradients", baseline, top, runner,
+                                                    n_steps=n_steps, batch_size=batch_size, return_delta=True)
+    for method in ("saliency", "input_x_gradient"):
+        maps[method] = attribute(model, x, method, baseline, top, runner, batch_size=batch_size)
+    maps["random"] = random_attribution(x, seed)
+    curves, sums, gaps = {}, {}, {}
+    for method in STUDY_METHODS:
+        curves[method] = perturbation_curves(model, x, maps[method], baseline, top, runner, steps, batch_size, seed)
+        sums[method] = maps[method].double().flatten(1).sum(1).numpy()
+        if method in COMPLETE_METHODS:
+            d = curves[method]["deletion"]
+            gaps[method] = sums[method] - (d[:, 0] - d[:, -1])
+    out = {"top": top, "runner": runner, "delta": delta, "sums": sums, "curves": curves, "gaps": gaps}
+    if keep_maps:
+        out["maps"] = maps
+    return out
 
 
 def decision_probability(margins) -> np.ndarray:

@@ -10,7 +10,7 @@ the model and require the same results (``gclib.zoo`` does this for the diffusio
 
 >>> sorted(KINDS)  # doctest: +NORMALIZE_WHITESPACE
 ['abs-extra', 'abs-ood', 'abs-test', 'attack-hsj', 'attack-l2', 'attack-pgd', 'attack-transfer', 'certify',
- 'corrupt', 'diffusion-ood', 'errors', 'score', 'test']
+ 'corrupt', 'diffusion-ood', 'errors', 'faithfulness', 'score', 'test']
 """
 
 from __future__ import annotations
@@ -40,6 +40,10 @@ KINDS = {
     "abs-extra": "bits_per_dim [M] (an upper bound) and ssim_predictions [S] (the SSIM rule) of the first test images",
     "certify": "a randomized-smoothing base model's votes on the test subset: counts0 [N, C] (CERTIFY's n0 "
                "guessing votes) and counts [N, C] (its n counting votes), noise seeded per image",
+    "faithfulness": "the heatmaps chapter's study (gclib.attribution.faithfulness_study) of the test subset: the "
+                    "decision pair top, runner [N]; deletion and insertion [M, N, k + 1] (the margins after each step, "
+                    "for the methods in the manifest, in its order) at the shares of pixels fraction [k + 1], sums [M, N] (each method's attributions summed) "
+                    "and integrated gradients' convergence delta [N]",
     "corrupt": "logits [versions, N, C] of the model's rule on the test subset, clean and under every corruption "
                "of gclib.robust at the severities in the manifest (versions: gclib.zoo.corruption_versions)",
     "attack-l2": "minimal-L2 adversarial examples (gclib.attacks.minimal_l2) of the test subset: x_adv [N, C, H, W], "

@@ -1223,9 +1223,18 @@ TRANSFER_SOURCES, TRANSFER_EPS_255 = ("resnet18", "gc-large-beta-8"), (4.0, 16.0
 ATTACK_METHODS = {"attack-l2": "fmn", "attack-hsj": "hsj"}
 ATTACK_STEPS = {"fmn": 100, "hsj": 10}
 ATTACK_BATCH = {"fmn": 10, "hsj": 5}
+# The kind "faithfulness": the heatmaps chapter's study (gclib.attribution.faithfulness_study) of a model too
+# costly to study live in the book's time budget: the ResNet-18 DC takes 150 s of a CPU core for it, 72 % of
+# the chapter's notebook. The first FAITHFULNESS_N images of the seeded subset, the mean training image as the
+# baseline, FAITHFULNESS_IG_STEPS points of integrated gradients, FAITHFULNESS_STEPS deletion/insertion steps,
+# batches of FAITHFULNESS_BATCH (the notebook's parameters); stored: the decisions, the curves of every
+# method, the attributions' sums and IG's convergence delta (not the maps: the chapter recomputes the few it
+# shows). verify recomputes the whole study of FAITHFULNESS_CHECK_N random images.
+FAITHFULNESS_N, FAITHFULNESS_IG_STEPS, FAITHFULNESS_STEPS, FAITHFULNESS_BATCH, FAITHFULNESS_CHECK_N = 500, 16, 10, 250, 2
 # any family's; _verify_artifacts checks them
 ROBUSTNESS_KINDS = ("corrupt", "attack-l2", "attack-hsj", "attack-pgd", "attack-transfer")
-EVALUATE_KINDS = (*ROBUSTNESS_KINDS, "score", "diffusion-ood")  # the last two: a diffusion network's only
+ARTIFACT_KINDS = (*ROBUSTNESS_KINDS, "faithfulness")
+EVALUATE_KINDS = (*ARTIFACT_KINDS, "score", "diffusion-ood")  # the last two: a diffusion network's only
 
 
 def score_reading(model):
@@ -1540,6 +1549,114 @@ def evaluate_corruptions(model, test, n: int | None = None, severities=None, bat
     return record, {"indices": index, "labels": y, "logits": logits}
 
 
+def faithfulness_baseline(train) -> torch.Tensor:
+    """The heatmaps chapter's baseline image: the mean training image, [1, C, H, W] float32."""
+    return (train.images.double() / 255).mean(0, keepdim=True).float()
+
+
+def evaluate_faithfulness(model, train, test, n: int | None = None, progress: bool = True
+                          ) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The "faithfulness" artifact of a model (see FAITHFULNESS_N): ``(record, tensors)``; the curves are
+    stored as float32 (the margins they hold are the model's float32 outputs)."""
+    import time
+
+    from . import attribution
+
+    n = min(FAITHFULNESS_N if n is None else n, len(test))
+    index = _test_index(len(test), n)
+    x, y = test.batch(index)
+    start = time.perf_counter()
+    study = attribution.faithfulness_study(model, x, faithfulness_baseline(train), n_steps=FAITHFULNESS_IG_STEPS,
+                                           steps=FAITHFULNESS_STEPS, batch_size=FAITHFULNESS_BATCH, seed=EVAL_SEED,
+                                           keep_maps=False)
+    seconds = time.perf_counter() - start
+    methods = attribution.STUDY_METHODS
+    curves = {k: torch.stack([torch.from_numpy(study["curves"][m][k]).float() for m in methods])
+              for k in ("deletion", "insertion")}
+    record = {"n": n, "subset_seed": EVAL_SEED, "methods": list(methods), "baseline": "the mean training image",
+              "n_steps": FAITHFULNESS_IG_STEPS, "steps": FAITHFULNESS_STEPS, "batch_size": FAITHFULNESS_BATCH,
+              "order_seed": EVAL_SEED, "correct": int((study["top"] == y).sum()),
+              "seconds_per_image": round(seconds / n, 3), "torch_threads": torch.get_num_threads()}
+    return record, {"indices": index, "labels": y, "top": study["top"], "runner": study["runner"],
+                    "delta": study["delta"], **curves,
+                    "fraction": torch.from_numpy(study["curves"][methods[0]]["fraction"]),
+                    "sums": torch.stack([torch.from_numpy(study["sums"][m]) for m in methods])}
+
+
+def shipped_faithfulness(name: str, model_sha256: str, n: int, *, dataset: str = "fashion-mnist",
+                         root: str | os.PathLike | None = None, n_steps: int, steps: int, batch_size: int,
+                         seed: int) -> dict | None:
+    """A shipped "faithfulness" artifact of ``name`` as :func:`gclib.attribution.faithfulness_study` returns it
+    (without maps) for the first ``n`` images of the seeded test subset, or None where none is shipped or it was
+    computed with other parameters or on fewer images (study the model live then). The artifact must name
+    ``model_sha256`` (the loaded weights'): :func:`gclib.evals.load` refuses it otherwise."""
+    from . import attribution, evals
+
+    stem = evals.path_of(name, "faithfulness", dataset, root)
+    if not stem.with_name(stem.name + ".json").is_file():
+        return None
+    t, art = evals.load(stem, model_sha256=model_sha256)
+    info = art["info"]
+    wanted = {"n_steps": n_steps, "steps": steps, "batch_size": batch_size, "order_seed": seed, "subset_seed": seed,
+              "methods": list(attribution.STUDY_METHODS)}
+    if any(info.get(k) != v for k, v in wanted.items()) or info["n"] < n:
+        return None
+    methods = info["methods"]
+    curves = {m: {"fraction": t["fraction"].numpy(), "deletion": t["deletion"][k, :n].double().numpy(), "insertion": t["insertion"][k, :n].double().numpy()}
+              for k, m in enumerate(methods)}
+    sums = {m: t["sums"][k, :n].numpy() for k, m in enumerate(methods)}
+    gaps = {m: sums[m] - (curves[m]["deletion"][:, 0] - curves[m]["deletion"][:, -1])
+            for m in attribution.COMPLETE_METHODS}
+    return {"top": t["top"][:n], "runner": t["runner"][:n], "delta": t["delta"][:n], "sums": sums, "curves": curves,
+            "gaps": gaps, "indices": t["indices"][:n], "artifact": art}
+
+
+def _verify_faithfulness(model, name: str, dataset: str, root, test, g: torch.Generator, rtol: float) -> list[str]:
+    """Recompute the study of FAITHFULNESS_CHECK_N random images of a shipped "faithfulness" artifact: the
+    decisions exactly; the margins of the random order (no attribution in it) and of every curve's two ends
+    to ``rtol``; every method's curves by their areas, to 2e-3 (an order's near-ties may fall either side of
+    a step's boundary in another batch: measured differences 1e-6 for the ResNet-18)."""
+    from . import attribution, data, evals
+
+    t, art = evals.load(evals.path_of(name, "faithfulness", dataset, root), model_sha256=model.manifest["sha256"])
+    problems = _check_subset(t, test, "faithfulness")
+    info = art["info"]
+    if list(info["methods"]) != list(attribution.STUDY_METHODS):
+        return [*problems, f"faithfulness: methods {info['methods']}, expected {list(attribution.STUDY_METHODS)}"]
+    x, _ = test.batch(t["indices"])
+    baseline = faithfulness_baseline(data.load(dataset)[0])
+    for i in torch.randperm(len(x), generator=g)[:FAITHFULNESS_CHECK_N].tolist():
+        study = attribution.faithfulness_study(model, x[i:i + 1], baseline, n_steps=info["n_steps"],
+                                               steps=info["steps"], batch_size=info["batch_size"],
+                                               seed=info["order_seed"], keep_maps=True)
+        if int(study["top"]) != int(t["top"][i]) or int(study["runner"]) != int(t["runner"][i]):
+            problems.append(f"faithfulness image {i}: decision pair differs")
+            continue
+        # the random order of image i: row i of the seeded draw for all N images
+        rand = attribution.random_attribution(x, info["order_seed"])[i:i + 1]
+        study["curves"]["random"] = attribution.perturbation_curves(
+            model, x[i:i + 1], rand, baseline, study["top"], study["runner"], info["steps"], info["batch_size"],
+            info["order_seed"])
+        for m, method in enumerate(attribution.STUDY_METHODS):
+            for k in ("deletion", "insertion"):
+                got = torch.from_numpy(study["curves"][method][k][0]).float()
+                want = t[k][m, i]
+                ends = [0, -1]
+                if method == "random" and not torch.allclose(got, want, rtol=rtol, atol=1e-4):
+                    problems.append(f"faithfulness image {i}, random order, {k}: margins differ by up to "
+                                    f"{float((got - want).abs().max()):.3e}")
+                elif not torch.allclose(got[ends], want[ends], rtol=rtol, atol=1e-4):
+                    problems.append(f"faithfulness image {i}, {method}, {k}: f(x) or f(b) differs")
+                else:
+                    fraction = study["curves"][method]["fraction"]
+                    areas = [float(attribution.auc(attribution.decision_probability(c.double().numpy()), fraction))
+                             for c in (got, want)]
+                    if abs(areas[0] - areas[1]) > 2e-3:
+                        problems.append(f"faithfulness image {i}, {method}, {k}: area {areas[0]:.4f}, shipped "
+                                        f"{areas[1]:.4f}")
+    return problems
+
+
 def _attack_chunk(model, x: torch.Tensor, y: torch.Tensor, method: str, steps: int, seed: int, batch: int):
     """One chunk of an attack artifact: ``minimal_l2`` on the model as the artifact attacks it (an ABS model
     through its unrolled search for FMN; HSJ needs no gradient and queries the model as deployed)."""
@@ -1824,6 +1941,8 @@ def evaluate_shipped(name: str, what: str = "corrupt", dataset: str = "fashion-m
                           f"{model.manifest.get('kind')} model")
     if what == "corrupt":
         record, tensors = evaluate_corruptions(model, test, progress=progress)
+    elif what == "faithfulness":
+        record, tensors = evaluate_faithfulness(model, data.load(dataset)[0], test, n=n, progress=progress)
     elif what == "score":
         record, tensors = evaluate_score(model, test, n=n, jobs=jobs, source=path, progress=progress, partial=partial)
     elif what == "diffusion-ood":
@@ -1894,7 +2013,7 @@ def _verify_attacks(model, name: str, dataset: str, root, test, g: torch.Generat
 
 
 def _verify_artifacts(model, name: str, dataset: str, root, test, g: torch.Generator, rtol: float) -> list[str]:
-    """The checks of the robustness artifacts a shipped model has (kinds in :data:`ROBUSTNESS_KINDS`)."""
+    """The checks of the per-image artifacts a shipped model has (kinds in :data:`ARTIFACT_KINDS`)."""
     from . import evals
 
     def check(kind: str) -> list[str]:
@@ -1904,13 +2023,15 @@ def _verify_artifacts(model, name: str, dataset: str, root, test, g: torch.Gener
             return _verify_pgd(model, name, dataset, root, test, g, rtol)
         if kind == "attack-transfer":
             return _verify_transfer(model, name, dataset, root, test, g, rtol)
+        if kind == "faithfulness":
+            return _verify_faithfulness(model, name, dataset, root, test, g, rtol)
         return _verify_attacks(model, name, dataset, root, test, g, rtol, kind=kind)
 
     def shipped(kind: str) -> bool:
         stem = evals.path_of(name, kind, dataset, root)
         return stem.with_name(stem.name + ".json").is_file()
 
-    return [p for kind in ROBUSTNESS_KINDS if shipped(kind) for p in check(kind)]
+    return [p for kind in ARTIFACT_KINDS if shipped(kind) for p in check(kind)]
 
 
 def _commit(scratch: Path, name: str, dest: Path) -> None:
@@ -2318,7 +2439,7 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--jobs", type=int, default=1, help="worker processes for the attacks, the score-based "
                     "reading and diffusion-ood (one thread each); the artifact does not depend on it")
     ev.add_argument("--n", type=int, help=f"score: images of the seeded test subset (default {SCORE_N}); "
-                    f"attack-pgd, attack-transfer: (default {PGD_N}); "
+                    f"attack-pgd, attack-transfer: (default {PGD_N}); faithfulness: (default {FAITHFULNESS_N}); "
                     f"diffusion-ood: images per OoD set (default {OOD_N})")
     ev.add_argument("--partial", help="score, diffusion-ood, attack-pgd, attack-transfer: a folder keeping finished chunks, so an interrupted "
                     "run resumes")

@@ -141,6 +141,27 @@ def test_output_shapes_and_orders(tiny_gc):
     np.testing.assert_allclose(c["deletion"][:, -1], c["insertion"][:, 0], rtol=1e-6)
 
 
+def test_faithfulness_study_is_the_methods_and_curves_put_together(tiny_gc):
+    x = torch.rand(5, 1, 4, 4, generator=torch.Generator().manual_seed(4))
+    b = torch.full((1, 1, 4, 4), 0.5)
+    study = attribution.faithfulness_study(tiny_gc, x, b, n_steps=4, steps=4, batch_size=3, seed=2)
+    top, runner = attribution.decision_pair(tiny_gc, x)
+    assert torch.equal(study["top"], top) and torch.equal(study["runner"], runner)
+    assert list(study["curves"]) == list(study["maps"]) == list(attribution.STUDY_METHODS)
+    ig, delta = attribution.attribute(tiny_gc, x, "integrated_gradients", b, top, runner, n_steps=4, batch_size=3,
+                                      return_delta=True)
+    torch.testing.assert_close(study["maps"]["integrated_gradients"], ig)
+    torch.testing.assert_close(study["delta"], delta)
+    assert torch.equal(study["maps"]["random"], attribution.random_attribution(x, 2))
+    for method in attribution.STUDY_METHODS:
+        want = attribution.perturbation_curves(tiny_gc, x, study["maps"][method], b, top, runner, 4, 3, 2)
+        np.testing.assert_allclose(study["curves"][method]["deletion"], want["deletion"], rtol=1e-6)
+        np.testing.assert_allclose(study["sums"][method], study["maps"][method].double().flatten(1).sum(1).numpy())
+    assert set(study["gaps"]) == set(attribution.COMPLETE_METHODS)
+    np.testing.assert_allclose(study["gaps"]["integrated_gradients"], delta.double().numpy(), rtol=1e-3, atol=1e-3)
+    assert "maps" not in attribution.faithfulness_study(tiny_gc, x[:2], b, n_steps=2, steps=2, keep_maps=False)
+
+
 def test_faithfulness_row_and_example_rule():
     big = 60.0  # margins of +-60 nats: decision probabilities 1 and 0 to 1e-26
     curves = {"fraction": np.array([0.0, 0.5, 1.0]),

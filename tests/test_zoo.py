@@ -5,6 +5,7 @@ import json
 import math
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
@@ -390,6 +391,50 @@ def test_corruption_artifact_is_computed_for_a_shipped_model_and_verified(tmp_pa
     assert len(zoo._verify_corruptions(model, "gc-beta-8", DATASET, tmp_path, fashion[2], g, 1e-3)) == zoo.CORRUPT_CHECK_N
     with pytest.raises(ConfigError, match="unknown evaluation"):
         zoo.evaluate_shipped("gc-beta-8", "attack", DATASET, root=tmp_path, test=fashion[2])
+
+
+def test_faithfulness_artifact_is_computed_verified_and_read_like_a_live_study(tmp_path, fashion, monkeypatch):
+    """python -m gclib.zoo evaluate NAME --what faithfulness: the heatmaps chapter's study of the seeded subset;
+    a recomputed sample agrees, a tampered artifact does not; shipped_faithfulness reads a prefix of it as
+    faithfulness_study returns it and declines other parameters."""
+    from gclib import attribution, evals
+
+    folder = tmp_path / DATASET
+    folder.mkdir()
+    for suffix in (".json", ".safetensors"):
+        shutil.copy(zoo.checkpoint_root() / DATASET / f"gc-beta-8{suffix}", folder)
+    monkeypatch.setattr(zoo, "FAITHFULNESS_N", 6)
+    monkeypatch.setattr(zoo, "FAITHFULNESS_IG_STEPS", 4)
+    path = zoo.evaluate_shipped("gc-beta-8", "faithfulness", DATASET, root=tmp_path, test=fashion[2], progress=False)
+    manifest = json.loads(path.read_text())
+    assert manifest["info"]["methods"] == list(attribution.STUDY_METHODS) and manifest["info"]["n"] == 6
+    model = gclib.load(folder / "gc-beta-8").eval()
+    g = torch.Generator().manual_seed(0)
+    assert zoo._verify_faithfulness(model, "gc-beta-8", DATASET, tmp_path, fashion[2], g, 1e-4) == []
+    kwargs = dict(dataset=DATASET, root=tmp_path, n_steps=4, steps=zoo.FAITHFULNESS_STEPS,
+                  batch_size=zoo.FAITHFULNESS_BATCH, seed=zoo.EVAL_SEED)
+    shipped = zoo.shipped_faithfulness("gc-beta-8", model.manifest["sha256"], 4, **kwargs)
+    x, _ = fashion[2].subset(4, zoo.EVAL_SEED).tensors()
+    live = attribution.faithfulness_study(model, x, zoo.faithfulness_baseline(fashion[0]), n_steps=4,
+                                          steps=zoo.FAITHFULNESS_STEPS, batch_size=zoo.FAITHFULNESS_BATCH,
+                                          seed=zoo.EVAL_SEED)
+    assert torch.equal(shipped["top"], live["top"]) and torch.equal(shipped["runner"], live["runner"])
+    for method in attribution.STUDY_METHODS:
+        np.testing.assert_array_equal(shipped["curves"][method]["fraction"], live["curves"][method]["fraction"])
+        np.testing.assert_allclose(shipped["curves"][method]["deletion"], live["curves"][method]["deletion"],
+                                   rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(shipped["sums"][method], live["sums"][method], rtol=1e-4, atol=1e-4)
+    assert zoo.shipped_faithfulness("gc-beta-8", model.manifest["sha256"], 7, **kwargs) is None  # too few images
+    assert zoo.shipped_faithfulness("gc-beta-8", model.manifest["sha256"], 4, **{**kwargs, "steps": 5}) is None
+    assert zoo.shipped_faithfulness("gc-beta-inf", model.manifest["sha256"], 4, **kwargs) is None  # none shipped
+    with pytest.raises(gclib.CheckpointError):  # an artifact of other weights is refused
+        zoo.shipped_faithfulness("gc-beta-8", "0" * 64, 4, **kwargs)
+    tensors, _ = evals.load(path.with_suffix(""), model_sha256=manifest["model_sha256"])
+    tensors["deletion"] = tensors["deletion"] + 1.0  # tampered: every recomputed image disagrees
+    evals.save(path.with_suffix(""), tensors, model_sha256=manifest["model_sha256"], inputs=manifest["inputs"],
+               **manifest["info"])
+    assert len(zoo._verify_faithfulness(model, "gc-beta-8", DATASET, tmp_path, fashion[2], g, 1e-4)) >= \
+        zoo.FAITHFULNESS_CHECK_N
 
 
 def test_attack_artifact_is_computed_for_a_shipped_model_and_verified(tmp_path, fashion, monkeypatch):
