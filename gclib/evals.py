@@ -10,7 +10,7 @@ the model and require the same results (``gclib.zoo`` does this for the diffusio
 
 >>> sorted(KINDS)  # doctest: +NORMALIZE_WHITESPACE
 ['abs-extra', 'abs-ood', 'abs-test', 'attack-hsj', 'attack-l2', 'attack-pgd', 'attack-transfer', 'certify',
- 'corrupt', 'diffusion-ood', 'errors', 'faithfulness', 'score', 'test']
+ 'corrupt', 'corrupt-predictions', 'diffusion-ood', 'errors', 'faithfulness', 'score', 'test']
 """
 
 from __future__ import annotations
@@ -46,6 +46,8 @@ KINDS = {
                     "and integrated gradients' convergence delta [N]",
     "corrupt": "logits [versions, N, C] of the model's rule on the test subset, clean and under every corruption "
                "of gclib.robust at the severities in the manifest (versions: gclib.zoo.corruption_versions)",
+    "corrupt-predictions": "as corrupt at every severity, stored as predictions [versions, N] (uint8) and the "
+                           "top-two logit margins margin [versions, N] (float16)",
     "attack-l2": "minimal-L2 adversarial examples (gclib.attacks.minimal_l2) of the test subset: x_adv [N, C, H, W], "
                  "distance [N] (inf: misclassified already or not found), misclassified [N], failed [N], queries [N], "
                  "gradients [N], start_distance [N] and the model's logits on x_adv, logits_adv [N, C] (FMN)",

@@ -1231,8 +1231,15 @@ ATTACK_BATCH = {"fmn": 10, "hsj": 5}
 # method, the attributions' sums and IG's convergence delta (not the maps: the chapter recomputes the few it
 # shows). verify recomputes the whole study of FAITHFULNESS_CHECK_N random images.
 FAITHFULNESS_N, FAITHFULNESS_IG_STEPS, FAITHFULNESS_STEPS, FAITHFULNESS_BATCH, FAITHFULNESS_CHECK_N = 500, 16, 10, 250, 2
+# The kind "corrupt-predictions": the corruption chapter's whole grid for a model too costly to run live there
+# (the ResNet-18 DC: 81 s of a core for 500 images x 61 versions): the predictions and the top-two logit margins
+# of the first CORRUPT_FULL_N images of the seeded subset, clean and under every corruption at every severity
+# (corruption_versions' order; the chapter's images and noise), in batches of one version (as the chapter
+# classifies them). Predictions and float16 margins, not logits: 92 kB instead of 1.2 MB. verify recomputes
+# CORRUPT_CHECK_N random (version, image) pairs: the same class unless the stored margin is below 1e-3.
+CORRUPT_FULL_N = 500
 # any family's; _verify_artifacts checks them
-ROBUSTNESS_KINDS = ("corrupt", "attack-l2", "attack-hsj", "attack-pgd", "attack-transfer")
+ROBUSTNESS_KINDS = ("corrupt", "corrupt-predictions", "attack-l2", "attack-hsj", "attack-pgd", "attack-transfer")
 ARTIFACT_KINDS = (*ROBUSTNESS_KINDS, "faithfulness")
 EVALUATE_KINDS = (*ARTIFACT_KINDS, "score", "diffusion-ood")  # the last two: a diffusion network's only
 
@@ -1657,6 +1664,46 @@ def _verify_faithfulness(model, name: str, dataset: str, root, test, g: torch.Ge
     return problems
 
 
+def _top_two(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The predicted class and the margin of its logit over the runner-up's, along the last dimension."""
+    top2 = logits.float().topk(2, dim=-1).values
+    return logits.argmax(-1), top2[..., 0] - top2[..., 1]
+
+
+def evaluate_corrupt_predictions(model, test, n: int | None = None, progress: bool = True
+                                 ) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The "corrupt-predictions" artifact of a model (see CORRUPT_FULL_N): ``(record, tensors)``."""
+    from . import robust
+
+    n = min(CORRUPT_FULL_N if n is None else n, len(test))
+    record, t = evaluate_corruptions(model, test, n=n, severities=range(1, robust.MAX_SEVERITY + 1), batch=n,
+                                     progress=progress)
+    predictions, margin = _top_two(t["logits"])
+    return record, {"indices": t["indices"], "labels": t["labels"], "predictions": predictions.to(torch.uint8),
+                    "margin": margin.to(torch.float16)}
+
+
+def shipped_corrupt_predictions(name: str, model_sha256: str, n: int, versions: list[tuple[str, int]], seed: int, *,
+                                dataset: str = "fashion-mnist", root: str | os.PathLike | None = None
+                                ) -> torch.Tensor | None:
+    """A shipped "corrupt-predictions" artifact's predictions [versions, n] (int64) of the first ``n`` images of
+    the seeded test subset, or None where none is shipped, or it has other versions (``versions``: the
+    caller's, in its order), another seed or another number of images (run the model live then). The artifact must name
+    ``model_sha256``: :func:`gclib.evals.load` refuses it otherwise."""
+    from . import evals
+
+    stem = evals.path_of(name, "corrupt-predictions", dataset, root)
+    if not stem.with_name(stem.name + ".json").is_file():
+        return None
+    t, art = evals.load(stem, model_sha256=model_sha256)
+    info = art["info"]
+    # the same number of images, not a prefix: gclib.robust.corrupt draws its noise for the whole set
+    if (info["versions"] != [f"{c}:{s}" for c, s in versions] or info["n"] != n or seed != EVAL_SEED
+            or info["corruption_seed"] != seed):
+        return None
+    return t["predictions"].long()
+
+
 def _attack_chunk(model, x: torch.Tensor, y: torch.Tensor, method: str, steps: int, seed: int, batch: int):
     """One chunk of an attack artifact: ``minimal_l2`` on the model as the artifact attacks it (an ABS model
     through its unrolled search for FMN; HSJ needs no gradient and queries the model as deployed)."""
@@ -1941,6 +1988,8 @@ def evaluate_shipped(name: str, what: str = "corrupt", dataset: str = "fashion-m
                           f"{model.manifest.get('kind')} model")
     if what == "corrupt":
         record, tensors = evaluate_corruptions(model, test, progress=progress)
+    elif what == "corrupt-predictions":
+        record, tensors = evaluate_corrupt_predictions(model, test, n=n, progress=progress)
     elif what == "faithfulness":
         record, tensors = evaluate_faithfulness(model, data.load(dataset)[0], test, n=n, progress=progress)
     elif what == "score":
@@ -1982,6 +2031,31 @@ def _verify_corruptions(model, name: str, dataset: str, root, test, g: torch.Gen
 
 
 @torch.no_grad()
+def _verify_corrupt_predictions(model, name: str, dataset: str, root, test, g: torch.Generator, rtol: float
+                                ) -> list[str]:
+    """Recompute CORRUPT_CHECK_N random (version, image) pairs of a shipped "corrupt-predictions" artifact: the
+    same class unless the stored margin is below 1e-3, and the margin to ``rtol`` (float16: at least 1e-3)."""
+    from . import evals
+
+    kind = "corrupt-predictions"
+    t, art = evals.load(evals.path_of(name, kind, dataset, root), model_sha256=model.manifest["sha256"])
+    problems = _check_subset(t, test, kind)
+    n = len(t["indices"])
+    versions = [(v.split(":")[0], int(v.split(":")[1])) for v in art["info"]["versions"]]
+    x, _ = test.batch(t["indices"])
+    for _ in range(CORRUPT_CHECK_N):
+        v = int(torch.randint(len(versions), (1,), generator=g))
+        i = int(torch.randint(n, (1,), generator=g))
+        prediction, margin = _top_two(model(_version_images(x, versions[v])[i:i + 1]))
+        want_margin = float(t["margin"][v, i])
+        if int(prediction) != int(t["predictions"][v, i]) and want_margin >= 1e-3:
+            problems.append(f"{kind} {versions[v]} image {i}: class {int(prediction)}, shipped {int(t['predictions'][v, i])}")
+        elif abs(float(margin) - want_margin) > max(rtol, 1e-3) * max(1.0, abs(want_margin)):
+            problems.append(f"{kind} {versions[v]} image {i}: margin {float(margin):.4f}, shipped {want_margin:.4f}")
+    return problems
+
+
+@torch.no_grad()
 def _verify_attacks(model, name: str, dataset: str, root, test, g: torch.Generator, rtol: float,
                     kind: str = "attack-l2") -> list[str]:
     """Check a shipped attack artifact (``kind``: "attack-l2" or "attack-hsj"): its images are the seeded subset,
@@ -2019,6 +2093,8 @@ def _verify_artifacts(model, name: str, dataset: str, root, test, g: torch.Gener
     def check(kind: str) -> list[str]:
         if kind == "corrupt":
             return _verify_corruptions(model, name, dataset, root, test, g, rtol)
+        if kind == "corrupt-predictions":
+            return _verify_corrupt_predictions(model, name, dataset, root, test, g, rtol)
         if kind == "attack-pgd":
             return _verify_pgd(model, name, dataset, root, test, g, rtol)
         if kind == "attack-transfer":
@@ -2440,6 +2516,7 @@ def main(argv: list[str] | None = None) -> int:
                     "reading and diffusion-ood (one thread each); the artifact does not depend on it")
     ev.add_argument("--n", type=int, help=f"score: images of the seeded test subset (default {SCORE_N}); "
                     f"attack-pgd, attack-transfer: (default {PGD_N}); faithfulness: (default {FAITHFULNESS_N}); "
+                    f"corrupt-predictions: (default {CORRUPT_FULL_N}); "
                     f"diffusion-ood: images per OoD set (default {OOD_N})")
     ev.add_argument("--partial", help="score, diffusion-ood, attack-pgd, attack-transfer: a folder keeping finished chunks, so an interrupted "
                     "run resumes")

@@ -393,6 +393,47 @@ def test_corruption_artifact_is_computed_for_a_shipped_model_and_verified(tmp_pa
         zoo.evaluate_shipped("gc-beta-8", "attack", DATASET, root=tmp_path, test=fashion[2])
 
 
+def test_corrupt_predictions_artifact_is_the_chapters_grid_verified_and_read(tmp_path, fashion, monkeypatch):
+    """python -m gclib.zoo evaluate NAME --what corrupt-predictions: the corruption chapter's predictions at every
+    severity; a recomputed sample agrees, a tampered artifact does not; shipped_corrupt_predictions reads a prefix
+    and declines other versions."""
+    from gclib import evals, explain, robust
+
+    folder = tmp_path / DATASET
+    folder.mkdir()
+    for suffix in (".json", ".safetensors"):
+        shutil.copy(zoo.checkpoint_root() / DATASET / f"gc-beta-8{suffix}", folder)
+    monkeypatch.setattr(zoo, "CORRUPT_FULL_N", 6)
+    path = zoo.evaluate_shipped("gc-beta-8", "corrupt-predictions", DATASET, root=tmp_path, test=fashion[2],
+                                progress=False)
+    manifest = json.loads(path.read_text())
+    tensors, _ = evals.load(path.with_suffix(""), model_sha256=manifest["model_sha256"])
+    versions = [("clean", 0)] + [(c, s) for c in robust.CORRUPTIONS for s in range(1, robust.MAX_SEVERITY + 1)]
+    assert manifest["info"]["versions"] == [f"{c}:{s}" for c, s in versions]
+    assert tensors["predictions"].shape == tensors["margin"].shape == (len(versions), 6)
+    model = gclib.load(folder / "gc-beta-8").eval()
+    g = torch.Generator().manual_seed(0)
+    assert zoo._verify_corrupt_predictions(model, "gc-beta-8", DATASET, tmp_path, fashion[2], g, 1e-4) == []
+    # what the chapter computes live for these 6 images
+    x, y = fashion[2].subset(6, zoo.EVAL_SEED).tensors()
+    x_all = torch.cat([x if c == "clean" else robust.corrupt(x, c, s, zoo.EVAL_SEED) for c, s in versions])
+    live = explain.logits(model, x_all).argmax(1).reshape(len(versions), 6)
+    shipped = zoo.shipped_corrupt_predictions("gc-beta-8", model.manifest["sha256"], 6, versions, zoo.EVAL_SEED,
+                                              dataset=DATASET, root=tmp_path)
+    assert torch.equal(shipped, live)
+    # not for another number of images (the noise of a corruption is drawn for the whole set), other versions
+    # or another seed
+    for args in ((4, versions, 0), (6, versions[:-1], 0), (6, versions, 1)):
+        assert zoo.shipped_corrupt_predictions("gc-beta-8", model.manifest["sha256"], *args, dataset=DATASET,
+                                               root=tmp_path) is None
+    tensors["predictions"] = (tensors["predictions"] + 1) % 10  # tampered: every recomputed pair disagrees
+    tensors["margin"] = tensors["margin"].clamp_min(0.01)
+    evals.save(path.with_suffix(""), tensors, model_sha256=manifest["model_sha256"], inputs=manifest["inputs"],
+               **manifest["info"])
+    assert len(zoo._verify_corrupt_predictions(model, "gc-beta-8", DATASET, tmp_path, fashion[2], g, 1e-4)) == \
+        zoo.CORRUPT_CHECK_N
+
+
 def test_faithfulness_artifact_is_computed_verified_and_read_like_a_live_study(tmp_path, fashion, monkeypatch):
     """python -m gclib.zoo evaluate NAME --what faithfulness: the heatmaps chapter's study of the seeded subset;
     a recomputed sample agrees, a tampered artifact does not; shipped_faithfulness reads a prefix of it as
