@@ -10,7 +10,8 @@ the model and require the same results (``gclib.zoo`` does this for the diffusio
 
 >>> sorted(KINDS)  # doctest: +NORMALIZE_WHITESPACE
 ['abs-extra', 'abs-ood', 'abs-test', 'attack-hsj', 'attack-l2', 'attack-pgd', 'attack-transfer', 'certify',
- 'corrupt', 'corrupt-predictions', 'diffusion-ood', 'errors', 'faithfulness', 'score', 'test']
+ 'corrupt', 'corrupt-predictions', 'diffusion-ood', 'errors', 'faithfulness', 'sample-quality', 'score',
+ 'test']
 """
 
 from __future__ import annotations
@@ -48,6 +49,10 @@ KINDS = {
                "of gclib.robust at the severities in the manifest (versions: gclib.zoo.corruption_versions)",
     "corrupt-predictions": "as corrupt at every severity, stored as predictions [versions, N] (uint8) and the "
                            "top-two logit margins margin [versions, N] (float16)",
+    "sample-quality": "a GC's class-conditional samples judged by a shipped DC (gclib.samples.class_sample_judgements): "
+                      "for row k of the manifest's rows (temperatures, then the decoded class means) row<k>.prediction "
+                      "(the judge's class), row<k>.margin (its top-two logit margin, float16) and row<k>.outside "
+                      "(values outside [0, 1]) [samples]",
     "attack-l2": "minimal-L2 adversarial examples (gclib.attacks.minimal_l2) of the test subset: x_adv [N, C, H, W], "
                  "distance [N] (inf: misclassified already or not found), misclassified [N], failed [N], queries [N], "
                  "gradients [N], start_distance [N] and the model's logits on x_adv, logits_adv [N, C] (FMN)",

@@ -1238,9 +1238,16 @@ FAITHFULNESS_N, FAITHFULNESS_IG_STEPS, FAITHFULNESS_STEPS, FAITHFULNESS_BATCH, F
 # classifies them). Predictions and float16 margins, not logits: 92 kB instead of 1.2 MB. verify recomputes
 # CORRUPT_CHECK_N random (version, image) pairs: the same class unless the stored margin is below 1e-3.
 CORRUPT_FULL_N = 500
+# The kind "sample-quality": the models chapter's sample-quality study of a GC (gclib.samples.
+# class_sample_judgements: SAMPLE_N_PER_CLASS samples of every class at each of SAMPLE_TEMPERATURES, seed
+# EVAL_SEED, batches of SAMPLE_BATCH, and the decoded class means, judged by the shipped SAMPLE_JUDGE), whose
+# judge costs the chapter 68 s of a core for 17 GCs: the judge's prediction and float16 top-two margin and the
+# number of values outside [0, 1] of every sample (9 kB a GC). The manifest names the judge's sha256 too.
+# verify redraws one random row (temperature or means) and judges it again.
+SAMPLE_TEMPERATURES, SAMPLE_N_PER_CLASS, SAMPLE_BATCH, SAMPLE_JUDGE = (0.5, 0.7, 1.0), 50, 500, "resnet18"
 # any family's; _verify_artifacts checks them
 ROBUSTNESS_KINDS = ("corrupt", "corrupt-predictions", "attack-l2", "attack-hsj", "attack-pgd", "attack-transfer")
-ARTIFACT_KINDS = (*ROBUSTNESS_KINDS, "faithfulness")
+ARTIFACT_KINDS = (*ROBUSTNESS_KINDS, "faithfulness", "sample-quality")
 EVALUATE_KINDS = (*ARTIFACT_KINDS, "score", "diffusion-ood")  # the last two: a diffusion network's only
 
 
@@ -1704,6 +1711,90 @@ def shipped_corrupt_predictions(name: str, model_sha256: str, n: int, versions: 
     return t["predictions"].long()
 
 
+def evaluate_sample_quality(model, judge, judge_name: str = SAMPLE_JUDGE) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The "sample-quality" artifact of a GC (see SAMPLE_TEMPERATURES): ``(record, tensors)``; row k of the
+    manifest's ``rows`` is stored as ``row<k>.prediction`` (uint8), ``.margin`` (float16) and ``.outside``
+    (int16)."""
+    import time
+
+    from . import samples
+
+    start = time.perf_counter()
+    judgements = samples.class_sample_judgements(model, judge, SAMPLE_TEMPERATURES, SAMPLE_N_PER_CLASS, EVAL_SEED,
+                                                 SAMPLE_BATCH)
+    seconds = time.perf_counter() - start
+    quality = samples.quality_rows(judgements, model.num_classes, SAMPLE_N_PER_CLASS)
+    tensors = {}
+    for k, j in enumerate(judgements.values()):
+        tensors[f"row{k}.prediction"] = j["prediction"].to(torch.uint8)
+        tensors[f"row{k}.margin"] = j["margin"].to(torch.float16)
+        tensors[f"row{k}.outside"] = j["outside"].to(torch.int16)
+    values = int(next(iter(judgements.values()))["values"])
+    record = {"n": SAMPLE_N_PER_CLASS * model.num_classes, "temperatures": list(SAMPLE_TEMPERATURES),
+              "n_per_class": SAMPLE_N_PER_CLASS, "seed": EVAL_SEED, "batch_size": SAMPLE_BATCH, "values": values,
+              "judge": judge_name, "judge_sha256": judge.manifest["sha256"], "rows": list(judgements),
+              "quality": {q["what"]: {"accuracy": q["accuracy"], "outside": q["outside"]} for q in quality},
+              "seconds": round(seconds, 1), "torch_threads": torch.get_num_threads()}
+    return record, tensors
+
+
+def _sample_judgements(t: dict, info: dict) -> dict[str, dict[str, torch.Tensor]]:
+    return {what: {"prediction": t[f"row{k}.prediction"].long(), "margin": t[f"row{k}.margin"].float(),
+                   "outside": t[f"row{k}.outside"].long(), "values": torch.tensor(info["values"])}
+            for k, what in enumerate(info["rows"])}
+
+
+def shipped_sample_quality(name: str, model_sha256: str, judge_sha256: str, temperatures, n_per_class: int,
+                           seed: int, *, dataset: str = "fashion-mnist", root: str | os.PathLike | None = None
+                           ) -> dict[str, dict[str, torch.Tensor]] | None:
+    """A shipped "sample-quality" artifact's judgements as :func:`gclib.samples.class_sample_judgements`
+    returns them, or None where none is shipped or it was computed with other temperatures, sample counts, seed
+    or judge (study the model live then). The artifact must name ``model_sha256``: :func:`gclib.evals.load`
+    refuses it otherwise."""
+    from . import evals
+
+    stem = evals.path_of(name, "sample-quality", dataset, root)
+    if not stem.with_name(stem.name + ".json").is_file():
+        return None
+    t, art = evals.load(stem, model_sha256=model_sha256)
+    info = art["info"]
+    if ([float(x) for x in info["temperatures"]] != [float(x) for x in temperatures]
+            or (info["n_per_class"], info["seed"], info["judge_sha256"]) != (n_per_class, seed, judge_sha256)):
+        return None
+    return _sample_judgements(t, info)
+
+
+@torch.no_grad()
+def _verify_sample_quality(model, name: str, dataset: str, root, test, g: torch.Generator, rtol: float
+                           ) -> list[str]:
+    """Redraw one random row of a shipped "sample-quality" artifact and judge it again: the same class unless
+    the stored margin is below 1e-3, the margin to float16's precision, the values outside [0, 1] to one per
+    sample; the judge must be the shipped one the manifest names."""
+    from . import evals, samples
+
+    kind = "sample-quality"
+    t, art = evals.load(evals.path_of(name, kind, dataset, root), model_sha256=model.manifest["sha256"])
+    info = art["info"]
+    judge = get_model(info["judge"], dataset, device="cpu", root=root).eval()
+    if judge.manifest["sha256"] != info["judge_sha256"]:
+        return [f"{kind}: judged by {info['judge']} of sha256 {info['judge_sha256'][:12]}, shipped now "
+                f"{judge.manifest['sha256'][:12]}: recompute it"]
+    k = int(torch.randint(len(info["rows"]), (1,), generator=g))
+    what = info["rows"][k]
+    got = samples.class_sample_judgements(model, judge, info["temperatures"], info["n_per_class"], info["seed"],
+                                          info["batch_size"], rows=[what])[what]
+    want = _sample_judgements(t, info)[what]
+    differ = (got["prediction"] != want["prediction"]) & (want["margin"] >= 1e-3)
+    problems = []
+    if bool(differ.any()):
+        problems.append(f"{kind} {what}: {int(differ.sum())} samples judged another class")
+    if bool(((got["margin"] - want["margin"]).abs() > 1e-3 * want["margin"].abs().clamp_min(1)).any()):
+        problems.append(f"{kind} {what}: margins differ by up to {float((got['margin'] - want['margin']).abs().max()):.3e}")
+    if bool(((got["outside"] - want["outside"]).abs() > 1).any()):
+        problems.append(f"{kind} {what}: values outside [0, 1] differ")
+    return problems
+
+
 def _attack_chunk(model, x: torch.Tensor, y: torch.Tensor, method: str, steps: int, seed: int, batch: int):
     """One chunk of an attack artifact: ``minimal_l2`` on the model as the artifact attacks it (an ABS model
     through its unrolled search for FMN; HSJ needs no gradient and queries the model as deployed)."""
@@ -1990,6 +2081,9 @@ def evaluate_shipped(name: str, what: str = "corrupt", dataset: str = "fashion-m
         record, tensors = evaluate_corruptions(model, test, progress=progress)
     elif what == "corrupt-predictions":
         record, tensors = evaluate_corrupt_predictions(model, test, n=n, progress=progress)
+    elif what == "sample-quality":
+        record, tensors = evaluate_sample_quality(model, get_model(SAMPLE_JUDGE, dataset, device="cpu",
+                                                                   root=root).eval())
     elif what == "faithfulness":
         record, tensors = evaluate_faithfulness(model, data.load(dataset)[0], test, n=n, progress=progress)
     elif what == "score":
@@ -2004,9 +2098,11 @@ def evaluate_shipped(name: str, what: str = "corrupt", dataset: str = "fashion-m
                                             partial=partial, dataset=dataset, root=root)
     else:
         record, tensors = evaluate_attacks(model, test, method=ATTACK_METHODS[what], jobs=jobs, source=path)
+    inputs = {"dataset": dataset, "split": "test", "subset_seed": EVAL_SEED, "n": record["n"]}
+    if what == "sample-quality":  # the model's own samples, not test images
+        inputs = {"dataset": dataset, "samples": "the model's own, seeded", "seed": EVAL_SEED, "n": record["n"]}
     return evals.save(evals.path_of(name, what, dataset, root), tensors, model_sha256=model.manifest["sha256"],
-                      inputs={"dataset": dataset, "split": "test", "subset_seed": EVAL_SEED, "n": record["n"]},
-                      model=name, what=evals.KINDS[what], **record)
+                      inputs=inputs, model=name, what=evals.KINDS[what], **record)
 
 
 @torch.no_grad()
@@ -2101,6 +2197,8 @@ def _verify_artifacts(model, name: str, dataset: str, root, test, g: torch.Gener
             return _verify_transfer(model, name, dataset, root, test, g, rtol)
         if kind == "faithfulness":
             return _verify_faithfulness(model, name, dataset, root, test, g, rtol)
+        if kind == "sample-quality":
+            return _verify_sample_quality(model, name, dataset, root, test, g, rtol)
         return _verify_attacks(model, name, dataset, root, test, g, rtol, kind=kind)
 
     def shipped(kind: str) -> bool:

@@ -434,6 +434,50 @@ def test_corrupt_predictions_artifact_is_the_chapters_grid_verified_and_read(tmp
         zoo.CORRUPT_CHECK_N
 
 
+def test_sample_quality_artifact_is_the_chapters_judgements_verified_and_read(tmp_path, fashion, monkeypatch):
+    """python -m gclib.zoo evaluate NAME --what sample-quality: a GC's seeded samples judged by the shipped DC;
+    shipped_sample_quality gives what class_sample_judgements computes live, declines other parameters or
+    another judge; a redrawn row agrees, a tampered artifact does not."""
+    from gclib import evals, samples
+
+    folder = tmp_path / DATASET
+    folder.mkdir()
+    for name in ("gc-beta-8", zoo.SAMPLE_JUDGE):
+        for suffix in (".json", ".safetensors"):
+            shutil.copy(zoo.checkpoint_root() / DATASET / f"{name}{suffix}", folder)
+    monkeypatch.setattr(zoo, "SAMPLE_N_PER_CLASS", 3)
+    path = zoo.evaluate_shipped("gc-beta-8", "sample-quality", DATASET, root=tmp_path, test=fashion[2])
+    manifest = json.loads(path.read_text())
+    assert manifest["info"]["rows"] == ["T=0.5", "T=0.7", "T=1", "class means"] and manifest["info"]["n"] == 30
+    model = gclib.load(folder / "gc-beta-8").eval()
+    judge = gclib.load(folder / zoo.SAMPLE_JUDGE).eval()
+    live = samples.class_sample_judgements(model, judge, zoo.SAMPLE_TEMPERATURES, 3, zoo.EVAL_SEED)
+    shipped = zoo.shipped_sample_quality("gc-beta-8", model.manifest["sha256"], judge.manifest["sha256"],
+                                         zoo.SAMPLE_TEMPERATURES, 3, zoo.EVAL_SEED, dataset=DATASET, root=tmp_path)
+    assert list(shipped) == list(live)
+    for what in live:
+        assert torch.equal(shipped[what]["prediction"], live[what]["prediction"])
+        assert torch.equal(shipped[what]["outside"], live[what]["outside"])
+        torch.testing.assert_close(shipped[what]["margin"], live[what]["margin"], rtol=1e-3, atol=1e-3)
+    assert samples.quality_rows(shipped, 10, 3) == samples.quality_rows(live, 10, 3)
+    assert samples.quality_rows(live, 10, 3) == samples.class_sample_quality(model, judge, n_per_class=3)
+    for args in ((zoo.SAMPLE_TEMPERATURES, 4, 0), ((0.5, 1.0), 3, 0), (zoo.SAMPLE_TEMPERATURES, 3, 1)):
+        assert zoo.shipped_sample_quality("gc-beta-8", model.manifest["sha256"], judge.manifest["sha256"], *args,
+                                          dataset=DATASET, root=tmp_path) is None
+    assert zoo.shipped_sample_quality("gc-beta-8", model.manifest["sha256"], "0" * 64, zoo.SAMPLE_TEMPERATURES, 3,
+                                      zoo.EVAL_SEED, dataset=DATASET, root=tmp_path) is None  # another judge
+    g = torch.Generator().manual_seed(0)
+    assert zoo._verify_sample_quality(model, "gc-beta-8", DATASET, tmp_path, fashion[2], g, 1e-4) == []
+    tensors, _ = evals.load(path.with_suffix(""), model_sha256=manifest["model_sha256"])
+    for k in range(4):  # tampered: every row's predictions, with confident margins
+        tensors[f"row{k}.prediction"] = (tensors[f"row{k}.prediction"] + 1) % 10
+        tensors[f"row{k}.margin"] = tensors[f"row{k}.margin"].abs() + 1
+    evals.save(path.with_suffix(""), tensors, model_sha256=manifest["model_sha256"], inputs=manifest["inputs"],
+               **manifest["info"])
+    problems = zoo._verify_sample_quality(model, "gc-beta-8", DATASET, tmp_path, fashion[2], g, 1e-4)
+    assert any("another class" in p for p in problems)
+
+
 def test_faithfulness_artifact_is_computed_verified_and_read_like_a_live_study(tmp_path, fashion, monkeypatch):
     """python -m gclib.zoo evaluate NAME --what faithfulness: the heatmaps chapter's study of the seeded subset;
     a recomputed sample agrees, a tampered artifact does not; shipped_faithfulness reads a prefix of it as
