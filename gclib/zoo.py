@@ -1616,8 +1616,8 @@ def shipped_faithfulness(name: str, model_sha256: str, n: int, *, dataset: str =
     if any(info.get(k) != v for k, v in wanted.items()) or info["n"] < n:
         return None
     methods = info["methods"]
-    curves = {m: {"fraction": t["fraction"].numpy(), "deletion": t["deletion"][k, :n].double().numpy(), "insertion": t["insertion"][k, :n].double().numpy()}
-              for k, m in enumerate(methods)}
+    curves = {m: {"fraction": t["fraction"].numpy(), "deletion": t["deletion"][k, :n].double().numpy(),
+                  "insertion": t["insertion"][k, :n].double().numpy()} for k, m in enumerate(methods)}
     sums = {m: t["sums"][k, :n].numpy() for k, m in enumerate(methods)}
     gaps = {m: sums[m] - (curves[m]["deletion"][:, 0] - curves[m]["deletion"][:, -1])
             for m in attribution.COMPLETE_METHODS}
@@ -1695,8 +1695,8 @@ def shipped_corrupt_predictions(name: str, model_sha256: str, n: int, versions: 
                                 ) -> torch.Tensor | None:
     """A shipped "corrupt-predictions" artifact's predictions [versions, n] (int64) of the first ``n`` images of
     the seeded test subset, or None where none is shipped, or it has other versions (``versions``: the
-    caller's, in its order), another seed or another number of images (run the model live then). The artifact must name
-    ``model_sha256``: :func:`gclib.evals.load` refuses it otherwise."""
+    caller's, in its order), another seed or another number of images (run the model live then). The artifact
+    must name ``model_sha256``: :func:`gclib.evals.load` refuses it otherwise."""
     from . import evals
 
     stem = evals.path_of(name, "corrupt-predictions", dataset, root)
