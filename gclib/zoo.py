@@ -2105,24 +2105,34 @@ def evaluate_shipped(name: str, what: str = "corrupt", dataset: str = "fashion-m
                       inputs=inputs, model=name, what=evals.KINDS[what], **record)
 
 
+def _corruption_pairs(model, name: str, kind: str, dataset: str, root, test, g: torch.Generator):
+    """A shipped corruption artifact of ``kind`` ("corrupt" or "corrupt-predictions"), the problems of its
+    subset, and CORRUPT_CHECK_N random pairs ``(v, i, version, image [1, C, H, W])`` to recompute."""
+    from . import evals
+
+    t, art = evals.load(evals.path_of(name, kind, dataset, root), model_sha256=model.manifest["sha256"])
+    problems = _check_subset(t, test, kind)
+    n = len(t["indices"])
+    versions = [(v.split(":")[0], int(v.split(":")[1])) for v in art["info"]["versions"]]
+    x, _ = test.batch(t["indices"])
+    pairs = []
+    for _ in range(CORRUPT_CHECK_N):
+        v = int(torch.randint(len(versions), (1,), generator=g))
+        i = int(torch.randint(n, (1,), generator=g))
+        pairs.append((v, i, versions[v], _version_images(x, versions[v])[i:i + 1]))
+    return t, problems, pairs
+
+
 @torch.no_grad()
 def _verify_corruptions(model, name: str, dataset: str, root, test, g: torch.Generator, rtol: float) -> list[str]:
     """Recompute CORRUPT_CHECK_N random (version, image) pairs of a shipped "corrupt" artifact (logits to
     ``rtol``; the best class must agree unless its margin is below that)."""
-    from . import evals
-
-    t, art = evals.load(evals.path_of(name, "corrupt", dataset, root), model_sha256=model.manifest["sha256"])
-    problems = _check_subset(t, test, "corrupt")
-    n = len(t["indices"])
-    versions = [(v.split(":")[0], int(v.split(":")[1])) for v in art["info"]["versions"]]
-    x, _ = test.batch(t["indices"])
-    for _ in range(CORRUPT_CHECK_N):
-        v = int(torch.randint(len(versions), (1,), generator=g))
-        i = int(torch.randint(n, (1,), generator=g))
-        got = model(_version_images(x, versions[v])[i:i + 1]).float()
+    t, problems, pairs = _corruption_pairs(model, name, "corrupt", dataset, root, test, g)
+    for v, i, version, image in pairs:
+        got = model(image).float()
         want = t["logits"][v, i:i + 1]
         if not torch.allclose(got, want, rtol=rtol, atol=1e-4):
-            problems.append(f"corrupt {versions[v]} image {i}: logits differ by up to {float((got - want).abs().max()):.3e}")
+            problems.append(f"corrupt {version} image {i}: logits differ by up to {float((got - want).abs().max()):.3e}")
     return problems
 
 
@@ -2131,23 +2141,15 @@ def _verify_corrupt_predictions(model, name: str, dataset: str, root, test, g: t
                                 ) -> list[str]:
     """Recompute CORRUPT_CHECK_N random (version, image) pairs of a shipped "corrupt-predictions" artifact: the
     same class unless the stored margin is below 1e-3, and the margin to ``rtol`` (float16: at least 1e-3)."""
-    from . import evals
-
     kind = "corrupt-predictions"
-    t, art = evals.load(evals.path_of(name, kind, dataset, root), model_sha256=model.manifest["sha256"])
-    problems = _check_subset(t, test, kind)
-    n = len(t["indices"])
-    versions = [(v.split(":")[0], int(v.split(":")[1])) for v in art["info"]["versions"]]
-    x, _ = test.batch(t["indices"])
-    for _ in range(CORRUPT_CHECK_N):
-        v = int(torch.randint(len(versions), (1,), generator=g))
-        i = int(torch.randint(n, (1,), generator=g))
-        prediction, margin = _top_two(model(_version_images(x, versions[v])[i:i + 1]))
-        want_margin = float(t["margin"][v, i])
-        if int(prediction) != int(t["predictions"][v, i]) and want_margin >= 1e-3:
-            problems.append(f"{kind} {versions[v]} image {i}: class {int(prediction)}, shipped {int(t['predictions'][v, i])}")
+    t, problems, pairs = _corruption_pairs(model, name, kind, dataset, root, test, g)
+    for v, i, version, image in pairs:
+        prediction, margin = _top_two(model(image))
+        shipped, want_margin = int(t["predictions"][v, i]), float(t["margin"][v, i])
+        if int(prediction) != shipped and want_margin >= 1e-3:
+            problems.append(f"{kind} {version} image {i}: class {int(prediction)}, shipped {shipped}")
         elif abs(float(margin) - want_margin) > max(rtol, 1e-3) * max(1.0, abs(want_margin)):
-            problems.append(f"{kind} {versions[v]} image {i}: margin {float(margin):.4f}, shipped {want_margin:.4f}")
+            problems.append(f"{kind} {version} image {i}: margin {float(margin):.4f}, shipped {want_margin:.4f}")
     return problems
 
 
